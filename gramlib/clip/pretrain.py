@@ -1,0 +1,182 @@
+"""Contrastive pre-training of the tiny CLIP on the mini world's web corpus (mini/smoke only).
+
+A fixed step count, not a time budget: the 2-core machines this runs on are noisy, and the same
+parameters must give the same model. The recipe (AdamW, lr 1e-3, wd 0.1, betas (0.9, 0.98),
+linear warm-up then cosine) follows the throwaway prototype described in DESIGN.md, where the
+schedule mattered more than anything else. Checkpoints are written atomically every
+``save_every`` steps and a killed run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from gramlib.clip.factory import build_tiny_clip
+from gramlib.config import Profile
+from gramlib.io import load_safetensors, read_json, save_safetensors, write_json
+
+log = logging.getLogger(__name__)
+
+
+def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP over a batch of matched pairs."""
+    logits = logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    labels = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def normalise_batch(images_u8: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Translate each image by up to ``pad`` pixels (reflect padding): cheap, label-preserving."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # (b, h)
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # (b, w)
+    idx_b = torch.arange(b)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_every: int = 50,
+             max_steps: int | None = None) -> dict:
+    """Pre-train the profile's tiny CLIP; returns the training summary (also written as JSON).
+
+    ``max_steps`` stops early *without* changing the schedule (used by the resume test).
+    """
+    from gramlib.data.transforms import CLIP_MEAN, CLIP_STD
+
+    cfg = profile.backbone
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    web = profile.root / "web"
+    if not (web / "images.npy").exists():
+        raise FileNotFoundError(f"web corpus not found: {web / 'images.npy'} (run the world stage first)")
+    images = torch.from_numpy(np.load(web / "images.npy"))
+    captions = pd.read_parquet(web / "captions.parquet")["caption"].tolist()
+    if len(captions) != len(images):
+        raise ValueError(f"{web}: {len(images)} images but {len(captions)} captions")
+
+    import open_clip
+
+    torch.manual_seed(cfg.seed)
+    model = build_tiny_clip(cfg.arch)
+    tokenizer = open_clip.get_tokenizer(cfg.arch)
+    tokens = tokenizer(captions)
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, history, elapsed = 0, [], 0.0
+
+    ckpt, state_path = out_dir / "pretrain_ckpt.safetensors", out_dir / "pretrain_state.json"
+    if ckpt.exists() and state_path.exists():
+        state = read_json(state_path)
+        tensors = load_safetensors(ckpt)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt_state = torch.load(out_dir / "pretrain_opt.pt", weights_only=True)
+        opt.load_state_dict(opt_state)
+        gen.set_state(tensors["rng.generator"])
+        start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+        log.info("resuming pre-training at step %d", start)
+
+    n = len(images)
+    end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
+    t0 = time.perf_counter()
+    running = 0.0
+    for step in range(start, end):
+        lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        x = random_shift(normalise_batch(images[idx], CLIP_MEAN, CLIP_STD), gen)
+        img_f, txt_f, scale = model(x, tokens[idx])[:3]
+        loss = clip_loss(img_f, txt_f, model.logit_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        running += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == end:
+            k = (step % log_every) + 1
+            history.append({"step": step + 1, "loss": running / k, "lr": lr})
+            log.info("step %d/%d loss %.3f", step + 1, cfg.steps, running / k)
+            running = 0.0
+        if (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            _save_state(model, opt, gen, out_dir, step + 1, history, elapsed + time.perf_counter() - t0)
+    elapsed += time.perf_counter() - t0
+
+    summary = {"arch": cfg.arch, "steps": cfg.steps, "completed_steps": end, "batch_size": cfg.batch_size,
+               "n_pairs": n, "seconds": round(elapsed, 1), "final_loss": history[-1]["loss"] if history else None,
+               "history": history, "config": asdict(cfg)}
+    if end == cfg.steps:
+        model.eval()
+        save_safetensors(out_dir / "backbone.safetensors", model.state_dict(), metadata={"arch": cfg.arch})
+        write_json(out_dir / "backbone.json", summary)
+        for p in (ckpt, state_path, out_dir / "pretrain_opt.pt"):
+            p.unlink(missing_ok=True)
+    else:
+        _save_state(model, opt, gen, out_dir, end, history, elapsed)
+    return summary
+
+
+def _save_state(model, opt, gen, out_dir: Path, step: int, history: list, elapsed: float) -> None:
+    from gramlib.io import atomic_path
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["rng.generator"] = gen.get_state()
+    with atomic_path(out_dir / "pretrain_opt.pt") as tmp:
+        torch.save(opt.state_dict(), tmp)
+    save_safetensors(out_dir / "pretrain_ckpt.safetensors", tensors)
+    write_json(out_dir / "pretrain_state.json", {"step": step, "history": history, "elapsed_s": elapsed})
+
+
+def backbone_dir(profile: Profile) -> Path:
+    return profile.artifacts / "backbone"
+
+
+def pretrain_or_describe(profile: Profile) -> dict:
+    """The backbone stage: pre-train a tiny CLIP, or record which pretrained weights are used."""
+    from gramlib.clip.factory import TINY_ARCHS
+
+    out = backbone_dir(profile)
+    if profile.backbone.arch in TINY_ARCHS:
+        return pretrain(profile, out)
+    summary = {"arch": profile.backbone.arch, "pretrained": profile.backbone.pretrained, "seconds": 0.0,
+               "final_loss": None, "config": asdict(profile.backbone)}
+    write_json(out / "backbone.json", summary)
+    return summary

@@ -1,0 +1,386 @@
+"""One interface for every prompt learner, plus the pure CLIP forward pieces they share.
+
+GRAM is model-agnostic (§3.3): θ "can represent the parameters of any type of prompt". A learner
+therefore exposes θ as a flat dict of 2-D tensors and computes everything as a *pure* function of an
+explicitly passed θ, so the meta-learner can run the inner step (eq. 7) on a copy θ' = θ - α R^φ(g)
+and differentiate the query loss through it (eqs. 8-10) without cloning modules.
+
+The CLIP forward is re-implemented here only where prompts must be spliced in; it follows open_clip's
+``CLIP.encode_text`` and ``VisionTransformer.forward`` (open_clip 3.x) line for line, and calls the
+frozen sub-modules (``visual.conv1``, ``transformer``, ``ln_*``, ...) so that a replaced patch
+embedding (the mini profile's convolutional stem) works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+from torch import Tensor, nn
+
+Theta = dict[str, Tensor]
+"""Prompt parameters θ: name -> 2-D tensor (e.g. (M, d) context vectors)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenisation
+# --------------------------------------------------------------------------------------------------
+
+
+def count_tokens(tokenizer: object, text: str) -> int:
+    """Number of tokens of ``text`` *including* start/end tokens, without any truncation.
+
+    open_clip's tokenizers silently truncate to the context length; prompt learners must not (a
+    truncated prompt would drop the class name), so we count first.
+    """
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        return len(tokenizer.encode(text)) + 2  # type: ignore[attr-defined]
+    ids = tokenizer([text], context_length=4096)[0]  # type: ignore[operator]
+    return int((ids != 0).sum())
+
+
+def check_fits(tokenizer: object, text: str, classname: str, n_prompt: int, context_length: int) -> None:
+    """Raise ValueError naming the class when ``text`` (prompt + class) exceeds the context length."""
+    n = count_tokens(tokenizer, text)
+    if n > context_length:
+        n_class = count_tokens(tokenizer, clean_classname(classname)) - 2
+        raise ValueError(
+            f"class name {classname!r} ({n_class} tokens) does not fit: with {n_prompt} prompt "
+            f"tokens the prompt {text!r} needs {n} tokens (incl. start/end) but the context "
+            f"length is {context_length}"
+        )
+
+
+def clean_classname(name: str) -> str:
+    """CoOp convention: underscores in class names become spaces."""
+    return name.replace("_", " ").strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# frozen CLIP pieces (pure functions of their inputs)
+# --------------------------------------------------------------------------------------------------
+
+
+def _in_functorch_transform() -> bool:
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+@contextmanager
+def differentiable_attention() -> Iterator[None]:
+    """Keep ``nn.MultiheadAttention`` off its fused inference fast path while differentiating.
+
+    With frozen weights, the fast path (``torch._native_multi_head_attention``) is taken whenever no
+    *autograd* input requires grad, which is the case inside ``torch.func.grad``/``vmap``: there it
+    has no batching rule (vmap over tasks fails with an internal assert) and it bypasses the SDPA
+    backend chosen for second-order gradients. Plain ``torch.no_grad`` inference keeps the fast path.
+    """
+    if not (torch.is_grad_enabled() or _in_functorch_transform()):
+        yield
+        return
+    prev = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(prev)
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """The text-side modules of an open_clip model (``CLIP`` keeps them flat, ``CustomTextCLIP``
+    under ``.text``), resolved once so the forward below reads like open_clip's."""
+
+    token_embedding: nn.Embedding
+    positional_embedding: Tensor
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: Tensor | nn.Module | None
+    attn_mask: Tensor | None
+    pool_type: str
+    eos_id: int | None
+
+    @property
+    def width(self) -> int:
+        return int(self.token_embedding.weight.shape[1])
+
+    @property
+    def context_length(self) -> int:
+        return int(self.positional_embedding.shape[0])
+
+    @staticmethod
+    def of(clip_model: nn.Module) -> TextTower:
+        m = getattr(clip_model, "text", None)
+        if m is not None:  # CustomTextCLIP -> TextTransformer
+            if getattr(m, "cls_emb", None) is not None or not hasattr(m, "token_embedding"):
+                raise NotImplementedError("prompt learners need a CLIP-style causal text tower")
+            pool, eos = m.pool_type, getattr(m, "eos_id", None)
+        else:
+            m = clip_model
+            pool, eos = m.text_pool_type, getattr(m, "text_eos_id", None)
+        return TextTower(
+            token_embedding=m.token_embedding,
+            positional_embedding=m.positional_embedding,
+            transformer=m.transformer,
+            ln_final=m.ln_final,
+            text_projection=m.text_projection,
+            attn_mask=m.attn_mask,
+            pool_type=pool,
+            eos_id=eos,
+        )
+
+
+def encode_text_embeddings(tower: TextTower, x: Tensor, tokens: Tensor) -> Tensor:
+    """Text features (N, D), unnormalised, from token *embeddings* x (N, L, d).
+
+    Same as open_clip ``CLIP.encode_text`` after its ``token_embedding`` lookup; ``tokens`` (N, L)
+    are only used for pooling (argmax-EOT / EOS), so learned vectors may replace any embedding.
+    """
+    cast = tower.transformer.get_cast_dtype()
+    x = x.to(cast) + tower.positional_embedding[: x.shape[1]].to(cast)
+    mask = tower.attn_mask
+    if mask is not None:
+        mask = mask[: x.shape[1], : x.shape[1]]
+    with differentiable_attention():
+        x = tower.transformer(x, attn_mask=mask)
+    x = tower.ln_final(x)
+    x = text_global_pool(x, tokens, tower.pool_type, eos_token_id=tower.eos_id)
+    proj = tower.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, nn.Module) else x @ proj
+    return x
+
+
+def encode_image_with_prompts(
+    visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = ()
+) -> Tensor:
+    """Image features (B, D), unnormalised, with visual prompt tokens (VPT).
+
+    Follows open_clip ``VisionTransformer.forward``. ``prompts[0]`` (M, width) is appended after the
+    patch tokens before ``ln_pre`` (shallow VPT); ``prompts[i]`` for i ≥ 1 *replaces* the previous
+    layer's prompt tokens at the input of block i (deep VPT). Prompt outputs are dropped before
+    pooling, so 'tok' and 'avg' pooling see only the class and patch tokens. With no prompts this is
+    exactly ``visual(images)``.
+    """
+    if not hasattr(visual, "class_embedding"):
+        raise TypeError("visual prompts need an open_clip VisionTransformer image tower")
+    blocks = list(visual.transformer.resblocks)
+    if len(prompts) > len(blocks):
+        raise ValueError(f"{len(prompts)} prompt layers but the image tower has {len(blocks)} blocks")
+    x = visual.conv1(images)  # (B, width, grid, grid)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, grid**2, width)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.patch_dropout(x)
+    n_keep = x.shape[1]
+    if len(prompts) > 0:
+        p0 = prompts[0].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat([x, p0], dim=1)
+    x = visual.ln_pre(x)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    with differentiable_attention():
+        for i, blk in enumerate(blocks):
+            if 0 < i < len(prompts):
+                pi = prompts[i].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+                x = torch.cat([x[:, :n_keep], pi], dim=1)
+            if batch_first:
+                x = blk(x)
+            else:
+                x = blk(x.transpose(0, 1)).transpose(0, 1)
+    x = x[:, :n_keep]
+    if hasattr(visual, "_pool"):
+        pooled, _ = visual._pool(x)
+    else:  # pragma: no cover - older open_clip
+        pooled = visual.ln_post(x[:, 0])
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled
+
+
+def clip_logits(clip_model: nn.Module, image_features: Tensor, text_features: Tensor) -> Tensor:
+    """Eq. 1 before the softmax: exp(logit_scale) · cos(image, text) (+ logit_bias if present).
+
+    ``text_features`` is (C, D) shared by all images, or (B, C, D) per image (CoCoOp).
+    """
+    scale = clip_model.logit_scale.exp()
+    if text_features.dim() == 3:
+        logits = scale * torch.einsum("bd,bcd->bc", image_features, text_features.to(image_features.dtype))
+    else:
+        logits = scale * image_features @ text_features.to(image_features.dtype).t()
+    bias = getattr(clip_model, "logit_bias", None)
+    return logits + bias if bias is not None else logits
+
+
+def normal_init(shape: tuple[int, ...], std: float = 0.02, like: Tensor | None = None) -> Tensor:
+    """N(0, std²) initialisation (CoOp / VPT convention) on ``like``'s device and dtype."""
+    kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
+    return torch.randn(*shape, **kw) * std
+
+
+# --------------------------------------------------------------------------------------------------
+# the interface
+# --------------------------------------------------------------------------------------------------
+
+
+class PromptLearner(nn.Module):
+    """A frozen CLIP plus learnable prompt parameters θ.
+
+    Subclasses implement :meth:`encode_text` and :meth:`encode_image` as pure functions of θ.
+    ``caches_image_features``: θ never touches the image tower, so :meth:`logits` accepts
+    precomputed normalised image features (B, D) in place of images. ``caches_text_features``: θ
+    never touches the text tower, so :meth:`logits` accepts precomputed class text features (C, D).
+
+    The wrapped model is frozen *in place* (eval mode, ``requires_grad=False``) and may be shared by
+    several learners; ``state_dict()`` includes it, so checkpoint θ via :meth:`prompt_params`.
+    """
+
+    caches_image_features: ClassVar[bool] = False
+    caches_text_features: ClassVar[bool] = False
+
+    def __init__(self, clip_model: nn.Module, tokenizer: object) -> None:
+        super().__init__()
+        clip_model.eval()
+        clip_model.requires_grad_(False)
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.theta = nn.ParameterDict()
+        self._tokens: dict[tuple[str, ...], np.ndarray] = {}
+
+    # ---- θ ---------------------------------------------------------------------------------------
+    def prompt_params(self) -> dict[str, nn.Parameter]:
+        """The learnable tensors θ, flat and named (empty for zero-shot)."""
+        return dict(self.theta.items())
+
+    @torch.no_grad()
+    def load_prompt_params(self, theta: Theta) -> None:
+        """Copy values into θ (e.g. a meta-learned initialisation θ*); names and shapes must match."""
+        own = self.prompt_params()
+        if set(own) != set(theta):
+            raise ValueError(f"θ names differ: expected {sorted(own)}, got {sorted(theta)}")
+        for k, p in own.items():
+            if p.shape != theta[k].shape:
+                raise ValueError(f"θ[{k!r}] has shape {tuple(theta[k].shape)}, expected {tuple(p.shape)}")
+            p.copy_(theta[k])
+
+    def train(self, mode: bool = True) -> PromptLearner:
+        """The backbone stays in eval mode (BatchNorm in the mini stem, dropout) whatever ``mode``."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # ---- tokenisation ----------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return TextTower.of(self.clip).context_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        """The sentences fed to the tokenizer, one per class (placeholders where θ goes)."""
+        raise NotImplementedError
+
+    @property
+    def n_prompt_tokens(self) -> int:
+        """Tokens of the sentence that are not the class name (for error messages)."""
+        return 0
+
+    def tokenize(self, classnames: Sequence[str]) -> Tensor:
+        """Token ids (C, L) of :meth:`prompt_texts`, memoised per class-name list (CPU, read only).
+
+        The memo holds a NumPy array, not a tensor: a tensor created inside ``torch.func.grad`` is
+        wrapped at that transform's level and would "escape" when reused under another transform.
+        """
+        key = tuple(classnames)
+        if key not in self._tokens:
+            L = self.context_length
+            texts = self.prompt_texts(classnames)
+            for name, text in zip(classnames, texts):
+                check_fits(self.tokenizer, text, name, self.n_prompt_tokens, L)
+            ids = self.tokenizer(texts, context_length=L)  # type: ignore[operator]
+            self._tokens[key] = np.asarray(ids.tolist(), dtype=np.int64)
+        return torch.from_numpy(self._tokens[key])
+
+    # ---- pure functions of θ -----------------------------------------------------------------------
+    def encode_text(self, theta: Theta, classnames: Sequence[str]) -> Tensor:
+        """Normalised class text features (C, D) under θ."""
+        raise NotImplementedError
+
+    def encode_image(self, theta: Theta, images: Tensor) -> Tensor:
+        """Normalised image features (B, D) under θ."""
+        raise NotImplementedError
+
+    def _image_features(self, theta: Theta, image_input: Tensor) -> Tensor:
+        if image_input.dim() == 2:
+            if not self.caches_image_features:
+                raise ValueError(f"{type(self).__name__} needs images: θ changes the image features")
+            return image_input
+        return self.encode_image(theta, image_input)
+
+    def logits(
+        self,
+        theta: Theta,
+        image_input: Tensor,
+        classnames: Sequence[str],
+        text_features: Tensor | None = None,
+    ) -> Tensor:
+        """Class logits (B, C) of eq. 1 under θ.
+
+        ``image_input``: images (B, 3, H, W), or normalised features (B, D) if
+        ``caches_image_features``. ``text_features``: precomputed (C, D), only if
+        ``caches_text_features`` (then ``classnames`` is not re-encoded).
+        """
+        img = self._image_features(theta, image_input)
+        if text_features is None:
+            text_features = self.encode_text(theta, classnames)
+        elif not self.caches_text_features:
+            raise ValueError(f"{type(self).__name__} cannot reuse text features: θ changes them")
+        return clip_logits(self.clip, img, text_features)
+
+    def forward(self, images: Tensor, classnames: Sequence[str]) -> Tensor:
+        """Logits (B, C) with the learner's own θ."""
+        return self.logits(self.prompt_params(), images, classnames)
+
+    # ---- helpers for feature caches ----------------------------------------------------------------
+    @torch.no_grad()
+    def frozen_image_features(self, images: Tensor) -> Tensor:
+        """Normalised image features to cache (only for learners that leave the image tower alone)."""
+        if not self.caches_image_features:
+            raise ValueError(f"{type(self).__name__}: image features depend on θ")
+        return self.encode_image(self.prompt_params(), images)
+
+    @torch.no_grad()
+    def frozen_text_features(self, classnames: Sequence[str]) -> Tensor:
+        """Class text features to cache (only for learners that leave the text tower alone)."""
+        if not self.caches_text_features:
+            raise ValueError(f"{type(self).__name__}: text features depend on θ")
+        return self.encode_text(self.prompt_params(), classnames)
+
+
+def frozen_encode_image(clip_model: nn.Module, images: Tensor) -> Tensor:
+    """Normalised features of the untouched image tower."""
+    with differentiable_attention():
+        return F.normalize(clip_model.encode_image(images), dim=-1)
+
+
+__all__ = [
+    "PromptLearner",
+    "Theta",
+    "TextTower",
+    "check_fits",
+    "clean_classname",
+    "clip_logits",
+    "count_tokens",
+    "differentiable_attention",
+    "encode_image_with_prompts",
+    "encode_text_embeddings",
+    "frozen_encode_image",
+    "normal_init",
+]

@@ -1,0 +1,51 @@
+"""Report helpers: byte-stable figures, atomic tables, and the provenance stamp of every number."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gramlib.config import REPO
+from gramlib.io import atomic_path, write_json
+
+
+def git_commit(repo: Path = REPO) -> dict[str, Any]:
+    """The commit the code came from, and whether the tree had uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": os.environ.get("GRAM_COMMIT", "unknown"), "dirty": None}
+
+
+def provenance(profile: str, params: dict | None = None, **extra: Any) -> dict[str, Any]:
+    import torch
+
+    return {"profile": profile, **git_commit(), "params": params or {}, "torch": torch.__version__,
+            "python": platform.python_version(), **extra}
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a PNG with no date or version metadata, so identical runs give identical bytes."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.4f") -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format)
+    return path
+
+
+def write_provenance(path: str | os.PathLike, **stamp: Any) -> Path:
+    return write_json(path, stamp)

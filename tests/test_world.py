@@ -1,0 +1,98 @@
+"""The mini world: deterministic, in the real formats, and validated."""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gramlib.config import get_profile
+from gramlib.world.build import CC3M, WEB, _render_chunk, _web_sample, world_spec
+from gramlib.world.render import STYLES, RenderOptions, render
+from gramlib.world.spec import load_spec
+
+
+def test_spec_is_rich_enough():
+    spec = load_spec()
+    assert len(spec.concepts) >= 48
+    assert len(spec.families) >= 5
+    assert len(STYLES) >= 5
+    names = set(spec.datasets)
+    assert {"mini_imagenet", "mini_imagenet_v2", "mini_imagenet_sketch", "mini_imagenet_a", "mini_imagenet_r"} <= names
+    assert len([d for d in spec.datasets.values() if d.role == "target"]) >= 6
+
+
+def test_rendering_is_deterministic_and_styles_differ():
+    a, _ = render("star", "photo", np.random.default_rng(3), 32)
+    b, _ = render("star", "photo", np.random.default_rng(3), 32)
+    assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
+    assert np.array_equal(a, b)
+    imgs = [render("star", s, np.random.default_rng(3), 32)[0].astype(float) for s in STYLES]
+    for i in range(len(imgs)):
+        for j in range(i + 1, len(imgs)):
+            assert np.abs(imgs[i] - imgs[j]).mean() > 5
+
+
+def test_samples_do_not_depend_on_worker_count():
+    cfg = get_profile("smoke").world
+    spec = world_spec(cfg)
+    one = _render_chunk((spec, cfg, WEB, range(0, 6)))
+    split = _render_chunk((spec, cfg, WEB, range(0, 3))) + _render_chunk((spec, cfg, WEB, range(3, 6)))
+    for x, y in zip(one, split):
+        assert x["caption"] == y["caption"] and np.array_equal(x["image"], y["image"])
+
+
+def test_mismatched_fraction_is_as_specified():
+    cfg = dataclasses.replace(get_profile("smoke").world, concepts_per_family=2)
+    spec = world_spec(cfg)
+    flags = [_web_sample(spec, cfg, i, CC3M)["mismatched"] for i in range(600)]
+    assert 0.06 < np.mean(flags) < 0.14
+    assert not any(_web_sample(spec, cfg, i, WEB)["mismatched"] for i in range(50))
+
+
+def test_spec_errors_name_the_field(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(open(load_spec.__globals__["DEFAULT_SPEC"]))
+    raw["datasets"]["mini_doodles"]["concepts"] = ["unicorn"]
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_doodles.concepts: unknown concept 'unicorn'"):
+        load_spec(path)
+    with pytest.raises(FileNotFoundError, match="world spec not found"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown render option"):
+        RenderOptions.from_spec({"blur": 3})
+
+
+def test_smoke_world_is_written_in_the_real_formats(smoke):
+    from gramlib.data.cc3m import read_captions, read_shards
+    from gramlib.data.coop import load_dataset
+    from gramlib.io import read_json
+
+    root = smoke.root
+    manifest = read_json(root / "world.json")
+    # web corpus
+    images = np.load(root / "web" / "images.npy")
+    captions = pd.read_parquet(root / "web" / "captions.parquet")
+    assert images.shape == (smoke.world.n_web, 32, 32, 3) and len(captions) == smoke.world.n_web
+    # CC3M-like shards: img2dataset layout, ground truth outside the shard folder
+    shard_dir = root / smoke.cc3m_dir
+    assert sorted(p.name for p in shard_dir.glob("*.tar"))[:2] == ["00000.tar", "00001.tar"]
+    assert (shard_dir / "00000_stats.json").exists()
+    assert not list(shard_dir.glob("*truth*"))
+    caps = read_captions(shard_dir)
+    assert len(caps) == smoke.world.n_cc3m
+    truth = pd.read_parquet(root / "cc3m_truth.parquet")
+    assert set(truth.columns) >= {"key", "concept", "style", "mismatched"}
+    assert set(caps.key) == set(truth.key)
+    rows, _ = read_shards(sorted(shard_dir.glob("*.tar"))[:1])
+    key, image, caption, meta = rows[0]
+    assert image.size == (32, 32) and caption and meta["status"] == "success"
+    # CoOp layout with split_zhou JSON
+    for name in smoke.datasets + smoke.variants:
+        ds = load_dataset(root / smoke.coop_dir, name)
+        assert ds.test and ds.num_classes == manifest["datasets"][name]["n_classes"]
+        assert (root / smoke.coop_dir / name / f"split_zhou_{name}.json").exists()
+    src = load_dataset(root / smoke.coop_dir, smoke.source)
+    assert len(src.train) == manifest["datasets"][smoke.source]["train"]
