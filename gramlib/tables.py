@@ -1,0 +1,127 @@
+"""Tables are views of tidy result rows: aggregation over seeds, the paper's layouts, and Markdown.
+
+Result rows (one per protocol, dataset, method, seed, shots, epoch, split) are produced by
+``gramlib.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
+std, n_seeds``; ``metric`` follows ``gramlib/reference/paper_tables.csv`` (``base``/``new``/``H``
+for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from gramlib.reference.audit import harmonic_mean
+
+TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds"]
+
+
+def final_epoch(rows: pd.DataFrame) -> pd.DataFrame:
+    """Keep each run's last evaluated epoch (per-epoch rows feed the Figure 1b/3a curves)."""
+    key = ["protocol", "dataset", "method", "seed", "shots", "split"]
+    last = rows.groupby(key)["epoch"].transform("max")
+    return rows[rows["epoch"] == last]
+
+
+def _std(x: pd.Series) -> float:
+    return float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+
+
+def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.DataFrame:
+    """Per dataset and method: base, new and H (H of the seed-averaged base and new, as the paper).
+
+    The std of H is the std of the per-seed harmonic means. The ``Average`` dataset averages the
+    per-dataset means over datasets (then H of those averages), as Table 1(a) does.
+    """
+    rows = final_epoch(rows[rows["protocol"] == "base2new"])
+    per_seed = rows.pivot_table(index=["dataset", "method", "seed"], columns="split", values="accuracy").reset_index()
+    per_seed = per_seed.dropna(subset=["base", "new"])
+    per_seed["H"] = harmonic_mean(per_seed["base"], per_seed["new"])
+    out = []
+    for (dataset, method), g in per_seed.groupby(["dataset", "method"], sort=False):
+        b, n = g["base"].mean(), g["new"].mean()
+        for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
+                                  ("H", harmonic_mean(b, n), _std(g["H"]))):
+            out.append({"dataset": dataset, "method": method, "metric": metric, "mean": 100 * mean,
+                        "std": 100 * std, "n_seeds": g["seed"].nunique()})
+    table = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    if table.empty:
+        return table
+    # Average over datasets: per seed, mean over datasets; then the same statistics
+    avg_seed = per_seed.groupby(["method", "seed"])[["base", "new"]].mean().reset_index()
+    avg_seed["H"] = harmonic_mean(avg_seed["base"], avg_seed["new"])
+    for method, g in avg_seed.groupby("method", sort=False):
+        b, n = g["base"].mean(), g["new"].mean()
+        for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
+                                  ("H", harmonic_mean(b, n), _std(g["H"]))):
+            table.loc[len(table)] = [average_name, method, metric, 100 * mean, 100 * std, g["seed"].nunique()]
+    return table
+
+
+def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
+                   average_name: str = "Average") -> pd.DataFrame:
+    """Tables 2-5: accuracy on the source and each target; ``Average`` over the targets only."""
+    metric = f"acc_{shots}shot"
+    rows = final_epoch(rows[(rows["protocol"] == protocol) & (rows["shots"] == shots)])
+    rows = rows[rows["split"] == "test"]
+    out = []
+    for (dataset, method), g in rows.groupby(["dataset", "method"], sort=False):
+        out.append({"dataset": dataset, "method": method, "metric": metric, "mean": 100 * g["accuracy"].mean(),
+                    "std": 100 * _std(g["accuracy"]), "n_seeds": g["seed"].nunique()})
+    table = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    targets = rows[rows["dataset"] != source]
+    if len(targets):
+        per_seed = targets.groupby(["method", "seed"])["accuracy"].mean().reset_index()
+        for method, g in per_seed.groupby("method", sort=False):
+            table.loc[len(table)] = [average_name, method, metric, 100 * g["accuracy"].mean(),
+                                     100 * _std(g["accuracy"]), g["seed"].nunique()]
+    return table
+
+
+def fmt(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if not np.isfinite(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def base_to_new_markdown(table: pd.DataFrame, methods: list[str] | None = None) -> str:
+    """One block per dataset (Average first), rows = methods, columns Base / New / H (Table 1 layout)."""
+    parts = []
+    datasets = list(dict.fromkeys(["Average"] + table["dataset"].tolist())) if len(table) else []
+    for ds in datasets:
+        sub = table[table["dataset"] == ds]
+        if sub.empty:
+            continue
+        order = methods or list(dict.fromkeys(sub["method"]))
+        lines = [f"**{ds}**", "", "| method | Base | New | H |", "|---|---|---|---|"]
+        for m in order:
+            cell = {r.metric: fmt(r.mean, r.std) for r in sub[sub["method"] == m].itertuples()}
+            if cell:
+                lines.append(f"| {m} | {cell.get('base', '')} | {cell.get('new', '')} | {cell.get('H', '')} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def transfer_markdown(table: pd.DataFrame, source: str, methods: list[str] | None = None) -> str:
+    """Rows = methods, columns = source, targets..., Average (Tables 2-5 layout)."""
+    if table.empty:
+        return "(no rows)\n"
+    cols = [source] + [d for d in dict.fromkeys(table["dataset"]) if d not in (source, "Average")] + ["Average"]
+    cols = [c for c in cols if c in set(table["dataset"])]
+    order = methods or list(dict.fromkeys(table["method"]))
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in order:
+        sub = table[table["method"] == m].set_index("dataset")
+        lines.append(f"| {m} | " + " | ".join(fmt(sub.loc[c, 'mean'], sub.loc[c, 'std']) if c in sub.index else ""
+                                                 for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paper_reference_markdown(table_number: int) -> str:
+    """The paper's own table (from ``gramlib/reference/paper_tables.csv``) as Markdown."""
+    from gramlib.reference import paper_table
+
+    ref = paper_table(table_number).copy()
+    ref["mean"], ref["std"] = ref["value"], float("nan")
+    if set(ref["metric"]) <= {"base", "new", "H"}:
+        return base_to_new_markdown(ref)
+    source = ref["dataset"].iloc[0]
+    return transfer_markdown(ref, source)

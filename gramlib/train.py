@@ -1,0 +1,306 @@
+"""Few-shot prompt tuning with the paper's recipe (CoCoOp's), a gradient hook, checkpoints and resume.
+
+Recipe: SGD (momentum 0.9, weight decay 5e-4), one warm-up epoch at a constant 1e-5, then a cosine
+schedule over the epochs (Dassl's ``ConstantWarmupScheduler`` + ``CosineAnnealingLR`` stepped per
+epoch, so epoch e >= 1 runs at ``lr * (1 + cos(pi * e / epochs)) / 2``), 10 epochs by default.
+
+The gradient hook ``grad_transform(grads) -> grads`` sees the gradient of θ *including* weight decay
+(decay is folded into the gradient instead of being applied inside SGD) and its output is what SGD
+steps on. GRAM's test-time update (eq. 7) is ``θ' = θ - α R^φ(∇L)``: plug ``R^φ`` in here. Folding
+decay in first means a hook that returns zeros really freezes θ, and R^φ regulates the full update.
+
+Determinism and resume: every epoch's shuffle and view choice come from a generator seeded by
+(seed, epoch), not from a running RNG, so a run resumed from the checkpoint of epoch e replays
+epochs e+1.. exactly (θ identical to an uninterrupted run). A checkpoint is a pair
+``epoch_XXX.safetensors`` (θ, optimizer buffers, RNG state) + ``epoch_XXX.json`` (epoch, config,
+scheduler, optimizer hyper-parameters, history); the JSON is written last and is the commit marker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gramlib.fewshot_features import TrainData
+from gramlib.io import load_safetensors, read_json, save_safetensors, write_json
+from gramlib.prompts.base import PromptLearner
+
+log = logging.getLogger(__name__)
+
+GradTransform = Callable[[dict[str, Tensor]], dict[str, Tensor]]
+EvalFn = Callable[[PromptLearner, dict[str, Tensor], int], Mapping[str, float]]
+
+# Per-learner batch size and learning rate (CoOp: bs 32, lr 2e-3; CoCoOp: bs 1, lr 2e-3; VPT/IVLP-style
+# prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP configs). Zero-shot has no θ and never trains.
+LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
+    "zeroshot": {"batch_size": 32, "lr": 0.0},
+    "coop": {"batch_size": 32, "lr": 0.002},
+    "cocoop": {"batch_size": 1, "lr": 0.002},
+    "vpt": {"batch_size": 4, "lr": 0.0035},
+    "vpt_deep": {"batch_size": 4, "lr": 0.0035},
+    "joint": {"batch_size": 4, "lr": 0.0035},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The few-shot tuning recipe; ``for_learner`` fills batch size and lr from LEARNER_DEFAULTS."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    seed: int = 1
+    precision: str = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16"
+    eval_every: int = 1  # call eval_fn every k epochs (and always after the last)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr < 0 or self.warmup_lr < 0 or self.weight_decay < 0:
+            raise ValueError("lr, warmup_lr and weight_decay must be >= 0")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+
+    @classmethod
+    def for_learner(cls, name: str, **overrides: Any) -> TrainConfig:
+        if name not in LEARNER_DEFAULTS:
+            raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(LEARNER_DEFAULTS))}")
+        return cls(**{**LEARNER_DEFAULTS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    theta: dict[str, Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None  # last completed epoch found in ckpt_dir (None: fresh start)
+    runtime_s: float = 0.0  # wall time of this call (training + evaluation)
+
+
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """Learning rate of 0-based ``epoch``: constant warm-up, then Dassl's per-epoch cosine."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.warmup_lr
+    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's shuffle and view choice: a pure function of (seed, epoch)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16 and device.type != "cuda":
+        raise ValueError("bf16 autocast is for CUDA; CPU training stays fp32 (fp16/bf16 on CPU: CoOp issue #59)")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def loss_fn(learner: PromptLearner, theta: Mapping[str, Tensor], inputs: Tensor, labels: Tensor,
+            data: TrainData, device: torch.device, precision: str) -> Tensor:
+    """Cross-entropy of the learner's logits (eq. 1) on one batch."""
+    with _autocast(device, precision):
+        logits = learner.logits(dict(theta), inputs.to(device), data.classnames, text_features=data.text_features)
+    return F.cross_entropy(logits.float(), labels.to(device))
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _ckpt_paths(ckpt_dir: Path, epoch: int) -> tuple[Path, Path]:
+    return ckpt_dir / f"epoch_{epoch:03d}.safetensors", ckpt_dir / f"epoch_{epoch:03d}.json"
+
+
+def last_checkpoint(ckpt_dir: str | Path | None) -> int | None:
+    """The last epoch whose checkpoint was committed (its JSON exists), or None."""
+    if ckpt_dir is None or not Path(ckpt_dir).is_dir():
+        return None
+    epochs = [int(p.stem.split("_")[1]) for p in Path(ckpt_dir).glob("epoch_*.json")]
+    return max(epochs) if epochs else None
+
+
+def _fingerprint(learner: PromptLearner, cfg: TrainConfig, n_train: int) -> dict[str, Any]:
+    theta = learner.prompt_params()
+    return {"config": cfg.to_dict(), "learner": type(learner).__name__, "n_train": n_train,
+            "theta": {k: list(v.shape) for k, v in sorted(theta.items())}}
+
+
+def save_checkpoint(ckpt_dir: Path, epoch: int, theta: Mapping[str, Tensor], opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, history: list, fingerprint: dict) -> None:
+    """Write epoch ``epoch``'s checkpoint atomically (tensors, then the JSON marker); drop older ones."""
+    names = sorted(theta)
+    tensors = {f"theta.{k}": theta[k] for k in names}
+    opt_state = opt.state_dict()
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{names[idx]}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    st, js = _ckpt_paths(ckpt_dir, epoch)
+    save_safetensors(st, tensors, metadata={"epoch": str(epoch)})
+    write_json(js, {"epoch": epoch, "fingerprint": fingerprint, "history": history,
+                    "scheduler": sched.state_dict() | {"lr_lambdas": None},
+                    "optimizer": {"param_groups": opt_state["param_groups"], "names": names}})
+    for old in range(epoch):
+        for p in _ckpt_paths(ckpt_dir, old):
+            p.unlink(missing_ok=True)
+
+
+def load_checkpoint(ckpt_dir: Path, epoch: int, learner: PromptLearner, opt: torch.optim.Optimizer,
+                    sched: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict) -> list:
+    """Restore θ, optimizer, scheduler and RNG from epoch ``epoch``; returns the history so far."""
+    st, js = _ckpt_paths(ckpt_dir, epoch)
+    meta = read_json(js)
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"{js}: checkpoint was written by a different run "
+                         f"({json.dumps(meta.get('fingerprint'), sort_keys=True)} != "
+                         f"{json.dumps(fingerprint, sort_keys=True)}); use another ckpt_dir or delete it")
+    tensors = load_safetensors(st)
+    names = meta["optimizer"]["names"]
+    learner.load_prompt_params({k: tensors[f"theta.{k}"] for k in names})
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            name, slot = key[len("optim."):].rsplit(".", 1)
+            state.setdefault(names.index(name), {})[slot] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    sched_state = {k: v for k, v in meta["scheduler"].items() if k != "lr_lambdas"}
+    sched.load_state_dict(sched_state | {"lr_lambdas": [None]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return list(meta["history"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_prompt(learner: PromptLearner, train_data: TrainData, cfg: TrainConfig,
+                 grad_transform: GradTransform | None = None, eval_fn: EvalFn | None = None,
+                 ckpt_dir: str | Path | None = None) -> TrainResult:
+    """Tune the learner's θ in place on ``train_data``; returns the final θ (detached) and history.
+
+    ``eval_fn(learner, theta, epoch)`` returns metrics recorded in the history (epochs are 1-based
+    there). With ``ckpt_dir`` a checkpoint is written after every epoch and an existing one is
+    resumed; a checkpoint from a different config or learner raises.
+    """
+    theta = learner.prompt_params()
+    if not theta:
+        raise ValueError(f"{type(learner).__name__} has no prompt parameters to train")
+    if len(train_data) == 0:
+        raise ValueError("no training data")
+    names = sorted(theta)
+    params = [theta[k] for k in names]
+    device = learner.device
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=0.0)
+    # LambdaLR's factor is relative to the initial lr: lr_at / lr (guarding lr = 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: lr_at(e, cfg) / cfg.lr if cfg.lr > 0 else 0.0)
+    fingerprint = _fingerprint(learner, cfg, len(train_data))
+    ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
+    start, history, resumed = 0, [], None
+    if ckpt is not None and (last := last_checkpoint(ckpt)) is not None:
+        history = load_checkpoint(ckpt, last, learner, opt, sched, fingerprint)
+        start, resumed = last + 1, last
+        log.info("resumed from %s epoch %d", ckpt, last + 1)
+    t0 = time.perf_counter()
+    learner.train()
+    n = len(train_data)
+    for epoch in range(start, cfg.epochs):
+        gen = epoch_generator(cfg.seed, epoch)
+        order = torch.randperm(n, generator=gen)
+        view = train_data.bank.epoch_view(gen)
+        te = time.perf_counter()
+        losses = []
+        for s in range(0, n, cfg.batch_size):
+            inputs, labels = train_data.bank.batch(order[s:s + cfg.batch_size], view)
+            loss = loss_fn(learner, theta, inputs, labels, train_data, device, cfg.precision)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _apply_hook(theta, names, cfg.weight_decay, grad_transform)
+            opt.step()
+            losses.append(float(loss.detach()))
+        sched.step()
+        record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(epoch, cfg), "loss": sum(losses) / len(losses),
+                                  "train_s": time.perf_counter() - te}
+        if eval_fn is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            learner.eval()
+            with torch.no_grad():
+                record.update(eval_fn(learner, {k: v.detach() for k, v in theta.items()}, epoch + 1))
+            learner.train()
+        history.append(record)
+        if ckpt is not None:
+            save_checkpoint(ckpt, epoch, theta, opt, sched, history, fingerprint)
+    learner.eval()
+    return TrainResult({k: v.detach().clone() for k, v in theta.items()}, history, resumed,
+                       time.perf_counter() - t0)
+
+
+def _apply_hook(theta: Mapping[str, Tensor], names: list[str], weight_decay: float,
+                grad_transform: GradTransform | None) -> None:
+    """grad <- hook(grad + wd * θ); missing grads (θ unused by the loss) count as zero."""
+    grads = {}
+    for k in names:
+        p = theta[k]
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        grads[k] = g + weight_decay * p.detach() if weight_decay else g
+    if grad_transform is not None:
+        out = grad_transform(grads)
+        if set(out) != set(grads):
+            raise ValueError(f"grad_transform must return the same names {sorted(grads)}, got {sorted(out)}")
+        for k in names:
+            if out[k].shape != grads[k].shape:
+                raise ValueError(f"grad_transform changed the shape of {k!r}: {tuple(grads[k].shape)} -> "
+                                 f"{tuple(out[k].shape)}")
+        grads = out
+    for k in names:
+        theta[k].grad = grads[k].detach().to(theta[k].dtype)
+
+
+@torch.no_grad()
+def predict(learner: PromptLearner, theta: Mapping[str, Tensor], data: TrainData, batch_size: int = 256,
+            precision: str = "auto") -> Tensor:
+    """Predicted labels (N,) on the first view of ``data`` (the eval transform for test inputs)."""
+    device = learner.device
+    inputs = data.bank.views[0]
+    preds = []
+    for s in range(0, len(inputs), batch_size):
+        with _autocast(device, precision):
+            logits = learner.logits(dict(theta), inputs[s:s + batch_size].to(device), data.classnames,
+                                    text_features=data.text_features)
+        preds.append(logits.argmax(dim=-1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate(learner: PromptLearner, theta: Mapping[str, Tensor], data: TrainData, **kw: Any) -> float:
+    """Top-1 accuracy (fraction) of θ on ``data``."""
+    if len(data) == 0:
+        return float("nan")
+    return float((predict(learner, theta, data, **kw) == data.bank.labels).float().mean())
+
+
+__all__ = ["LEARNER_DEFAULTS", "TrainConfig", "TrainResult", "epoch_generator", "evaluate", "last_checkpoint",
+           "lr_at", "predict", "train_prompt"]

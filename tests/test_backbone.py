@@ -1,0 +1,99 @@
+"""Backbone factory, pre-training (resume), feature cache and the zero-shot table on the smoke world."""
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from gramlib.clip.factory import ConvStem, build_backbone, build_tiny_clip
+from gramlib.config import BackboneConfig, get_profile
+
+
+def test_tiny_clip_is_open_clip_with_a_conv_stem():
+    from open_clip.transformer import VisionTransformer
+
+    model = build_tiny_clip().eval()
+    assert isinstance(model.visual, VisionTransformer)
+    assert isinstance(model.visual.conv1, ConvStem)
+    with torch.no_grad():
+        grid = model.visual.conv1(torch.zeros(2, 3, 32, 32))
+        assert grid.shape == (2, model.visual.transformer.width, 4, 4)  # what a stride-8 patch conv gives
+        img, txt, scale = model(torch.zeros(2, 3, 32, 32), torch.zeros(2, 24, dtype=torch.long))[:3]
+    assert img.shape == txt.shape == (2, 128)
+
+
+def test_paper_backbone_without_weights_fails_at_once_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: no weights anywhere
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="Provide the weights"):
+        build_backbone(BackboneConfig(arch="ViT-B-16", pretrained="openai"))
+    assert time.perf_counter() - t0 < 60
+    with pytest.raises(FileNotFoundError, match="backbone weights not found"):
+        build_backbone(BackboneConfig(arch="ViT-B-16", pretrained="openai"), checkpoint=tmp_path / "nope.bin")
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from gramlib.io import save_safetensors
+
+    path = tmp_path / "w.safetensors"
+    save_safetensors(path, {"foo.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="does not match architecture"):
+        build_backbone(BackboneConfig(), checkpoint=path)
+    path.write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        build_backbone(BackboneConfig(), checkpoint=path)
+
+
+def test_pretraining_resumes_bit_identically(smoke, tmp_path):
+    """A run killed after 4 of 8 steps and resumed ends with exactly the weights of a straight run."""
+    from gramlib.clip.pretrain import pretrain
+    from gramlib.io import load_safetensors
+
+    prof = dataclasses.replace(smoke, backbone=dataclasses.replace(smoke.backbone, steps=8, batch_size=16, threads=1, warmup=2))
+    pretrain(prof, tmp_path / "straight", save_every=2)
+    pretrain(prof, tmp_path / "resumed", save_every=2, max_steps=4)  # "killed" at step 4
+    assert (tmp_path / "resumed" / "pretrain_state.json").exists()
+    assert not (tmp_path / "resumed" / "backbone.safetensors").exists()
+    pretrain(prof, tmp_path / "resumed", save_every=2)
+    a = load_safetensors(tmp_path / "straight" / "backbone.safetensors")
+    b = load_safetensors(tmp_path / "resumed" / "backbone.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_cache_hit_and_corrupt_entry(smoke, tmp_path, caplog):
+    from gramlib.clip.features import cache_file, encode_images, eval_transform
+    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.data.coop import load_dataset
+
+    bb = build_backbone(smoke.backbone, backbone_dir(smoke) / "backbone.safetensors")
+    ds = load_dataset(smoke.root / smoke.coop_dir, smoke.source)
+    paths = [d.impath for d in ds.test[:40]]
+    first = encode_images(bb, paths, eval_transform(bb), tmp_path)
+    files = list((tmp_path / "image").glob("*.npy"))
+    assert len(files) == 1 and first.shape == (40, bb.embed_dim)
+    assert torch.allclose(first.norm(dim=-1), torch.ones(40), atol=1e-5)
+    again = encode_images(bb, paths, eval_transform(bb), tmp_path)
+    assert torch.equal(first, again)
+    files[0].write_bytes(b"garbage")  # a corrupt entry is recomputed, never trusted
+    fixed = encode_images(bb, paths, eval_transform(bb), tmp_path)
+    assert torch.allclose(first, fixed)
+
+
+def test_zero_shot_table_on_the_smoke_world(smoke):
+    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.zeroshot import dataset_templates, zero_shot_table
+
+    bb = build_backbone(smoke.backbone, backbone_dir(smoke) / "backbone.safetensors")
+    names = [smoke.source, smoke.variants[1]]
+    zs = zero_shot_table(bb, smoke.root / smoke.coop_dir, names, dataset_templates(smoke.root), None)
+    assert list(zs.columns) == ["dataset", "style", "accuracy", "n_test", "n_classes", "chance"]
+    overall = zs[zs["style"] == "all"].set_index("dataset")
+    assert set(overall.index) == set(names)
+    # the smoke CLIP is tiny and briefly trained, but it must see: clearly above chance on its source
+    assert overall.loc[smoke.source, "accuracy"] > 1.5 * overall.loc[smoke.source, "chance"]
+    per_style = zs[(zs["dataset"] == smoke.variants[1]) & (zs["style"] != "all")]
+    assert per_style["n_test"].sum() == overall.loc[smoke.variants[1], "n_test"]

@@ -1,0 +1,162 @@
+"""Evaluation protocols (gramlib.protocols) and feature banks on the smoke world."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from gramlib.clip.features import encode_images, eval_transform
+from gramlib.data.coop import fewshot_split, generate_fewshot, load_dataset, subsample_dataset
+from gramlib.fewshot_features import train_inputs, view_bank
+from gramlib.protocols import (
+    COLUMNS,
+    ProtocolConfig,
+    append_rows,
+    base2new_table,
+    check_classnames,
+    harmonic_mean,
+    load_env,
+    main,
+    make_learner,
+    run_protocol,
+    units,
+)
+
+FAST = {"epochs": 2, "batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def env(smoke, tmp_path_factory):
+    torch.set_num_threads(1)
+    return load_env(smoke, feature_cache=tmp_path_factory.mktemp("features"))
+
+
+def test_base2new_sampling_rules(env):
+    """K shots per class sampled on ALL classes first, then base = first ceil(n/2) labels, relabelled."""
+    name, k, seed = env.profile.datasets[0], 4, 2
+    pcfg = ProtocolConfig("base2new", ("coop",), (seed,), (k,), (name,))
+    ((method, s, shots, base, targets),) = list(units(env, pcfg))
+    full = load_dataset(env.coop_root, name)
+    n = full.num_classes
+    m = math.ceil(n / 2)
+    assert base.classnames == full.classnames[:m]
+    assert [t.classnames for t in targets] == [full.classnames[:m], full.classnames[m:]]
+    # train: exactly K per base class, labels 0..m-1, and the same images as the full-class sample
+    counts = pd.Series([d.label for d in base.train]).value_counts()
+    assert sorted(counts.index) == list(range(m)) and set(counts) == {k}
+    sample_all = generate_fewshot(full.train, k, seed)
+    assert [d.impath for d in base.train] == [d.impath for d in sample_all if d.label < m]
+    # sampling after the split would pick other images: the order of the rules matters
+    after = generate_fewshot(subsample_dataset(full, "base").train, k, seed)
+    assert [d.impath for d in after] != [d.impath for d in base.train]
+    # val: min(K, 4) per class; test: untouched, new labels relabelled from 0
+    assert set(pd.Series([d.label for d in base.val]).value_counts()) == {min(k, 4)}
+    base_test, new_test = targets[0].data, targets[1].data
+    assert len(base_test) + len(new_test) == len(full.test)
+    assert {d.label for d in new_test} == set(range(n - m))
+    assert {d.classname for d in new_test} == set(full.classnames[m:])
+    # the selection is cached as JSON and reused
+    assert (env.fewshot_cache / name / f"shot_{k}-seed_{seed}.json").is_file()
+    again = fewshot_split(full, k, seed, cache_dir=env.fewshot_cache)
+    assert [d.impath for d in again.train] == [d.impath for d in subsample_dataset(again, "all").train]
+
+
+def test_cross_protocol_targets(env):
+    prof = env.profile
+    (_, _, _, src, targets), *_ = list(units(env, ProtocolConfig("cross_domain", ("coop",), (1,), (4,))))
+    assert src.name == prof.source and [t.dataset for t in targets] == [prof.source, *prof.variants]
+    (_, _, _, src, targets), *_ = list(units(env, ProtocolConfig("cross_dataset", ("coop",), (1,), (4,))))
+    assert [t.dataset for t in targets] == [prof.source, *[d for d in prof.datasets if d != prof.source]]
+    assert all(len(t.data) > 0 for t in targets)
+
+
+def test_feature_banks(env):
+    be = env.backbone
+    data = load_dataset(env.coop_root, env.profile.datasets[0]).train[:12]
+    exact = view_bank(be, data, "none", cache_dir=env.feature_cache)
+    ref = encode_images(be, [d.impath for d in data], eval_transform(be), None)
+    assert exact.n_views == 1 and torch.allclose(exact.views[0], ref, atol=1e-6)
+    aug = view_bank(be, data, "aug:3", cache_dir=env.feature_cache, seed=1)
+    assert aug.views.shape == (3, 12, ref.shape[1])
+    assert not torch.allclose(aug.views[0], aug.views[1])  # distinct augmented views
+    assert torch.equal(view_bank(be, data, "aug:3", cache_dir=None, seed=1).views, aug.views)  # seeded
+    assert not torch.allclose(view_bank(be, data, "aug:3", cache_dir=None, seed=2).views, aug.views)
+    # a pixel bank with the same policy and seed holds exactly the crops the features came from
+    pix = view_bank(be, data, "aug:3", features=False, seed=1)
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(be.model.encode_image(pix.views[2]), dim=-1)
+    assert torch.allclose(feats, aug.views[2], atol=1e-5)
+    # which tower is cached depends on the learner
+    coop = make_learner(env, "coop", "a photo of a {}.")
+    vpt = make_learner(env, "vpt", "a photo of a {}.")
+    joint = make_learner(env, "joint", "a photo of a {}.")
+    names = load_dataset(env.coop_root, env.profile.datasets[0]).classnames
+    d_coop, d_vpt, d_joint = (train_inputs(lrn, be, data, names, cache_dir=env.feature_cache)
+                              for lrn in (coop, vpt, joint))
+    assert d_coop.bank.is_features and d_coop.text_features is None
+    assert not d_vpt.bank.is_features and d_vpt.text_features.shape == (len(names), ref.shape[1])
+    assert not d_joint.bank.is_features and d_joint.text_features is None
+    with pytest.raises(ValueError, match="cannot be cached"):
+        train_inputs(vpt, be, data, names, cache_features=True)
+
+
+def test_run_base2new_writes_tidy_rows(env, tmp_path):
+    out = tmp_path / "results.csv"
+    name = env.profile.datasets[0]
+    pcfg = ProtocolConfig("base2new", ("zeroshot", "coop"), (1,), (4,), (name,), train=FAST)
+    df = run_protocol(env, pcfg, out)
+    on_disk = pd.read_csv(out)
+    assert list(on_disk.columns) == COLUMNS and len(on_disk) == len(df)
+    zs, coop = df[df.method == "zeroshot"], df[df.method == "coop"]
+    assert set(zs.epoch) == {0} and set(coop.epoch) == {1, 2}
+    assert set(df.split) == {"base", "new"} and set(df.dataset) == {name}
+    assert df.accuracy.between(0, 100).all() and (df.n_test > 0).all()
+    assert (coop.runtime_s > 0).all() and set(df.profile) == {env.profile.name}
+    # appending keeps one header; a file with other columns is refused
+    run_protocol(env, dataclasses.replace(pcfg, methods=("zeroshot",)), out)
+    assert len(pd.read_csv(out)) == len(df) + 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="columns"):
+        append_rows(bad, df.to_dict("records"))
+    table = base2new_table(pd.read_csv(out))
+    assert {"base", "new", "H"} <= set(table.columns) and "average" in set(table.dataset)
+
+
+def test_harmonic_mean_on_averaged_accuracies():
+    assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert harmonic_mean(0.0, 0.0) == 0.0 and math.isnan(harmonic_mean(float("nan"), 1.0))
+    rows = []
+    for seed, (b, n) in enumerate([(90.0, 10.0), (10.0, 90.0)], 1):
+        for split, acc in (("base", b), ("new", n)):
+            rows.append({"protocol": "base2new", "dataset": "d", "method": "coop", "seed": seed, "shots": 16,
+                         "epoch": 10, "split": split, "accuracy": acc})
+    table = base2new_table(pd.DataFrame(rows))
+    # H of the means (50, 50) is 50; the mean of per-seed H values would be 18
+    assert table.set_index("dataset").loc["d", "H"] == pytest.approx(50.0)
+
+
+def test_bad_inputs(env, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown method.*'coopp'.*known: zeroshot, coop"):
+        ProtocolConfig("base2new", ("zeroshot", "coopp"))
+    with pytest.raises(ValueError, match="unknown protocol"):
+        ProtocolConfig("base_to_old")
+    assert main(["--profile", "smoke", "--methods", "coopp", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    # more shots than a class provides: a clear error before anything trains
+    name = env.profile.datasets[0]
+    per_class = pd.Series([d.label for d in load_dataset(env.coop_root, name).train]).value_counts().min()
+    pcfg = ProtocolConfig("base2new", ("coop",), (1,), (int(per_class) + 1,), (name,), train=FAST)
+    with pytest.raises(ValueError, match=rf"{per_class + 1} shots were requested"):
+        run_protocol(env, pcfg, tmp_path / "y.csv")
+    assert not (tmp_path / "y.csv").exists()
+    # a class name longer than the tokenizer's context
+    long_name = " ".join(["hydrant"] * 40)
+    for method in ("coop", "zeroshot", "vpt"):
+        learner = make_learner(env, method, "a photo of a {}.")
+        with pytest.raises(ValueError, match=r"mini_x: class name .*does not fit.*context length is 24"):
+            check_classnames(learner, ["dog", long_name], "mini_x")

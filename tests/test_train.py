@@ -1,0 +1,199 @@
+"""Few-shot tuning loop (gramlib.train): recipe, gradient hook, checkpoints and exact resume.
+
+Uses a tiny random CLIP and synthetic data so every test runs in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gramlib.fewshot_features import TrainData, ViewBank, parse_policy
+from gramlib.prompts import build_learner
+from gramlib.train import (
+    TrainConfig,
+    epoch_generator,
+    evaluate,
+    last_checkpoint,
+    lr_at,
+    train_prompt,
+)
+from tiny_openclip import build_tiny_clip
+
+CLASSES = ["dog", "cat", "fire hydrant", "sports car"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny_clip(seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(24, 3, 32, 32, generator=g), torch.arange(24) % len(CLASSES)
+
+
+def _coop(tiny):
+    torch.manual_seed(0)
+    return build_learner("coop", *tiny)
+
+
+def _feature_data(learner, images) -> TrainData:
+    x, y = images
+    feats = learner.frozen_image_features(x)
+    return TrainData(ViewBank(feats.unsqueeze(0), y, is_features=True), CLASSES)
+
+
+def _pixel_data(learner, images) -> TrainData:
+    x, y = images
+    text = learner.frozen_text_features(CLASSES) if learner.caches_text_features else None
+    return TrainData(ViewBank(x.unsqueeze(0), y, is_features=False), CLASSES, text)
+
+
+CFG = TrainConfig(epochs=4, batch_size=8, lr=0.05, seed=1)
+
+
+def test_lr_schedule_is_constant_warmup_then_cosine():
+    cfg = TrainConfig(epochs=10, lr=0.002)
+    assert lr_at(0, cfg) == 1e-5
+    assert lr_at(1, cfg) == pytest.approx(0.001 * (1 + math.cos(math.pi / 10)))
+    assert lr_at(9, cfg) < lr_at(5, cfg) < lr_at(1, cfg) < cfg.lr
+    assert TrainConfig.for_learner("cocoop").batch_size == 1
+    assert TrainConfig.for_learner("coop", lr=0.01).lr == 0.01
+    with pytest.raises(ValueError, match="unknown method 'coopp'"):
+        TrainConfig.for_learner("coopp")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=1)
+
+
+def test_epoch_generator_is_pure():
+    a = torch.randperm(10, generator=epoch_generator(3, 2))
+    b = torch.randperm(10, generator=epoch_generator(3, 2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, torch.randperm(10, generator=epoch_generator(3, 1)))
+
+
+def test_training_lowers_loss_and_records_history(tiny, images):
+    learner = _coop(tiny)
+    data = _feature_data(learner, images)
+    before = {k: v.detach().clone() for k, v in learner.prompt_params().items()}
+    calls = []
+    res = train_prompt(learner, data, CFG, eval_fn=lambda lrn, th, e: calls.append(e) or {"acc": evaluate(lrn, th, data)})
+    assert calls == [1, 2, 3, 4]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4] and "acc" in res.history[-1]
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert not torch.equal(before["ctx"], res.theta["ctx"])
+
+
+def test_zero_grad_transform_leaves_theta_unchanged(tiny, images):
+    learner = _coop(tiny)
+    data = _feature_data(learner, images)
+    before = {k: v.detach().clone() for k, v in learner.prompt_params().items()}
+    seen = []
+
+    def zero(grads):
+        seen.append({k: float(g.norm()) for k, g in grads.items()})
+        return {k: torch.zeros_like(g) for k, g in grads.items()}
+
+    res = train_prompt(learner, data, CFG, grad_transform=zero)
+    assert len(seen) == CFG.epochs * math.ceil(24 / CFG.batch_size)  # once per step
+    assert all(s["ctx"] > 0 for s in seen)  # the hook saw real gradients
+    assert torch.equal(res.theta["ctx"], before["ctx"])  # weight decay goes through the hook too
+
+
+def test_grad_transform_scales_the_update(tiny, images):
+    """A hook doubling the gradient equals doubling the learning rate (SGD is linear in the grad)."""
+    runs = []
+    for hook, lr in ((lambda g: {k: 2 * v for k, v in g.items()}, CFG.lr), (None, 2 * CFG.lr)):
+        learner = _coop(tiny)
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=lr, warmup_epochs=0, seed=1)
+        runs.append(train_prompt(learner, _feature_data(learner, images), cfg, grad_transform=hook).theta["ctx"])
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_grad_transform_raises(tiny, images):
+    learner = _coop(tiny)
+    with pytest.raises(ValueError, match="same names"):
+        train_prompt(learner, _feature_data(learner, images), CFG, grad_transform=lambda g: {})
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny, images, tmp_path):
+    learner = _coop(tiny)
+    data = _feature_data(learner, images)
+    acc = lambda lrn, th, e: {"acc": evaluate(lrn, th, data)}  # noqa: E731
+    full = train_prompt(learner, data, CFG, eval_fn=acc, ckpt_dir=tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def dies_at_3(lrn, th, e):
+        if e == 3:  # killed during epoch 3 (after its update, before its checkpoint)
+            raise Killed
+        return acc(lrn, th, e)
+
+    learner = _coop(tiny)  # a fresh process: fresh learner from the same initialisation
+    with pytest.raises(Killed):
+        train_prompt(learner, data, CFG, eval_fn=dies_at_3, ckpt_dir=tmp_path / "killed")
+    assert last_checkpoint(tmp_path / "killed") == 1  # 0-based: epochs 1 and 2 are committed
+    assert len(list((tmp_path / "killed").glob("epoch_*"))) == 2  # only the last pair is kept
+
+    torch.manual_seed(1234)  # scramble the global RNG: resume must restore what matters
+    learner = _coop(tiny)
+    resumed = train_prompt(learner, data, CFG, eval_fn=acc, ckpt_dir=tmp_path / "killed")
+    assert resumed.resumed_from == 1 and full.resumed_from is None
+    assert torch.equal(resumed.theta["ctx"], full.theta["ctx"])
+    assert resumed.history[-1]["acc"] == full.history[-1]["acc"]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+    # resuming a finished run is a no-op; another config in the same folder is refused
+    again = train_prompt(_coop(tiny), data, CFG, ckpt_dir=tmp_path / "killed")
+    assert torch.equal(again.theta["ctx"], full.theta["ctx"])
+    with pytest.raises(ValueError, match="different run"):
+        train_prompt(_coop(tiny), data, TrainConfig(epochs=5, batch_size=8, lr=0.05, seed=1),
+                     ckpt_dir=tmp_path / "killed")
+
+
+def test_cached_features_equal_recomputing_the_tower(tiny, images):
+    """Policy "none": training on cached features is the same computation as on images."""
+    thetas = []
+    for make in (_feature_data, _pixel_data):
+        learner = _coop(tiny)
+        thetas.append(train_prompt(learner, make(learner, images), CFG).theta["ctx"])
+    torch.testing.assert_close(thetas[0], thetas[1], rtol=1e-4, atol=1e-5)
+
+
+def test_vpt_trains_on_pixels_with_cached_text(tiny, images):
+    torch.manual_seed(0)
+    learner = build_learner("vpt", *tiny)
+    data = _pixel_data(learner, images)
+    assert data.text_features is not None
+    before = learner.prompt_params()["vis_ctx_0"].detach().clone()
+    res = train_prompt(learner, data, TrainConfig(epochs=2, batch_size=8, lr=0.5, seed=1))
+    assert not torch.equal(before, res.theta["vis_ctx_0"])
+    with pytest.raises(ValueError, match="needs images"):  # VPT cannot take cached image features
+        learner.logits(res.theta, F.normalize(torch.randn(2, 64), dim=-1), CLASSES)
+
+
+def test_bad_inputs(tiny, images):
+    learner = build_learner("zeroshot", *tiny)
+    with pytest.raises(ValueError, match="no prompt parameters"):
+        train_prompt(learner, _pixel_data(learner, images), CFG)
+    for bad in ("aug", "aug:0", "augment:3", "", 3):
+        with pytest.raises(ValueError, match="augmentation policy"):
+            parse_policy(bad)
+    assert parse_policy("none") == 0 and parse_policy("aug:5") == 5
+    with pytest.raises(ValueError, match="views must be"):
+        ViewBank(torch.zeros(1, 3, 8), torch.zeros(4, dtype=torch.long), is_features=True)
