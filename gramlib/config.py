@@ -79,14 +79,22 @@ def load_params(path: str | Path = PARAMS) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def get_profile(name: str | None = None, params: dict | None = None, path: str | Path = PARAMS) -> Profile:
-    """The named profile (default: ``params.yaml``'s ``profile``), with a clear error if unknown."""
+def get_profile(name: str | None = None, params: dict | None = None, path: str | Path = PARAMS,
+                data_root: str | None = None, artifacts_root: str | None = None) -> Profile:
+    """The named profile (default: ``params.yaml``'s ``profile``), with a clear error if unknown.
+
+    ``data_root``/``artifacts_root`` relocate a profile (tests run the smoke chain in a temp dir).
+    """
     params = load_params(path) if params is None else params
     name = name or params.get("profile", "mini")
     profiles = params.get("profiles", {})
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r} (parameter 'profile' in {path}); known: {sorted(profiles)}")
     block = dict(profiles[name])
+    if data_root:
+        block["data_root"] = data_root
+    if artifacts_root:
+        block["artifacts_root"] = artifacts_root
     try:
         backbone = _build(BackboneConfig, block.pop("backbone", {}), f"profiles.{name}.backbone")
         world_block = block.pop("world", None)

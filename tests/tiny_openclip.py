@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import open_clip
+
+from gramlib.clip.factory import ConvStem
 import torch
 from torch import nn
 
@@ -67,33 +69,13 @@ def register_config(cfg: TinyCLIPConfig) -> str:
     return cfg.name
 
 
-class ConvStem(nn.Module):
-    """Mini-profile-like stem: stride-2 3x3 convs (+BatchNorm, GELU) standing in for ``conv1``.
-
-    Returns (B, width, grid, grid), exactly like a patch-embedding conv.
-    """
-
-    def __init__(self, width: int, n_down: int = 3) -> None:
-        super().__init__()
-        chans = [3, 16, 32, width][: n_down + 1] if n_down <= 3 else [3] + [width] * n_down
-        layers: list[nn.Module] = []
-        for i in range(n_down):
-            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1, bias=False)]
-            if i < n_down - 1:
-                layers += [nn.BatchNorm2d(chans[i + 1]), nn.GELU()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 def build_tiny_clip(
     cfg: TinyCLIPConfig | None = None, seed: int = 0, conv_stem: bool = False
 ) -> tuple[nn.Module, Any]:
     """Build (model, tokenizer): a random tiny open_clip CLIP in eval mode, float32, CPU.
 
-    With ``conv_stem`` the patch embedding is replaced by a :class:`ConvStem` (grid 32/8 = 4), as in
-    the mini profile.
+    With ``conv_stem`` the patch embedding is replaced by the mini profile's own
+    :class:`gramlib.clip.factory.ConvStem` (grid 32/8 = 4).
     """
     cfg = cfg or TinyCLIPConfig()
     name = register_config(cfg)

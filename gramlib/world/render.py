@@ -532,7 +532,7 @@ class RenderOptions:
 def render(concept: str, style: str, rng: np.random.Generator, image_size: int = 32,
            options: RenderOptions = RenderOptions(), distractors: tuple[str, ...] = ()) -> tuple[np.ndarray, dict]:
     """Render one image; returns (uint8 HxWx3 array, attributes used by captions and ground truth)."""
-    lo, hi = (0.15, 0.25) if options.hard else options.size
+    lo, hi = (0.2, 0.3) if options.hard else options.size
     r = rng.uniform(lo, hi) * CANVAS
     margin = r * 0.9
     p = Placement(rng.uniform(margin, CANVAS - margin), rng.uniform(margin, CANVAS - margin), r, rng.uniform(-20, 20))
@@ -540,7 +540,7 @@ def render(concept: str, style: str, rng: np.random.Generator, image_size: int =
     mask = np.asarray(concept_mask(concept, p)).copy()
     clutter = options.hard or (distractors and rng.uniform() < options.clutter_p)
     if clutter and distractors:
-        n_extra = int(rng.integers(2, 4)) if options.hard else 1
+        n_extra = int(rng.integers(1, 3)) if options.hard else 1
         extra = np.zeros_like(mask)
         for _ in range(n_extra):
             other = distractors[int(rng.integers(len(distractors)))]
@@ -553,12 +553,12 @@ def render(concept: str, style: str, rng: np.random.Generator, image_size: int =
         bar = Image.new("L", (CANVAS, CANVAS), 0)
         a = rng.uniform(0, math.pi)
         dx, dy = math.cos(a) * CANVAS, math.sin(a) * CANVAS
-        ImageDraw.Draw(bar).line([(p.cx - dx, p.cy - dy), (p.cx + dx, p.cy + dy)], fill=255, width=max(2, int(0.35 * r)))
+        ImageDraw.Draw(bar).line([(p.cx - dx, p.cy - dy), (p.cx + dx, p.cy + dy)], fill=255, width=max(2, int(0.25 * r)))
         occ = np.asarray(bar) > 127
     img = paint(Image.fromarray(mask), style, rng, hue)
     if options.hard:
         img = np.where(occ[..., None], img.mean(axis=(0, 1), keepdims=True) * 0.9, img)
-        img = img * 0.7 + img.mean() * 0.3  # low contrast
+        img = img * 0.8 + img.mean() * 0.2  # low contrast
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).resize((image_size, image_size), Image.BOX)
     size_word = "small" if r < 0.3 * CANVAS else ("large" if r > 0.4 * CANVAS else None)
     return np.asarray(out), {"hue": hue, "colour": colour_name(hue), "size": size_word}
