@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -58,10 +59,16 @@ N_T1_DATASETS = 11
 Record = dict[str, object]
 
 
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2BN/(B+N), the paper's base/new trade-off score (0 when both are 0, not a ZeroDivision)."""
-    total = base + new
-    return 0.0 if total == 0 else 2.0 * base * new / total
+def harmonic_mean(base, new):
+    """H = 2BN/(B+N), the paper's base/new trade-off score.
+
+    0 when both are 0 (not a ZeroDivision), NaN when either is NaN; works on scalars and arrays
+    (a scalar in, a float out).
+    """
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = np.where(b + n == 0, 0.0, 2.0 * b * n / (b + n))
+    return float(h) if h.ndim == 0 else h
 
 
 def _record(
