@@ -20,8 +20,8 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import math
 import os
 import sys
 import time
@@ -287,40 +287,7 @@ def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path
 # summaries (views of the rows)
 
 
-def harmonic_mean(base: float, new: float) -> float:
-    """H = 2BN/(B+N); NaN when either is NaN, 0 when both are 0."""
-    if math.isnan(base) or math.isnan(new):
-        return float("nan")
-    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
-
-
-def base2new_table(df: pd.DataFrame, epoch: int | None = None) -> pd.DataFrame:
-    """Per (method, shots, dataset) base/new mean and std over seeds and H of the means; plus an
-    ``average`` row per (method, shots) with H of the dataset-averaged means. ``epoch``: default last."""
-    df = df[df["protocol"] == "base2new"]
-    if epoch is None:
-        df = df[df["epoch"] == df.groupby(["method", "shots", "dataset", "seed"])["epoch"].transform("max")]
-    else:
-        df = df[df["epoch"] == epoch]
-    out = []
-    for (method, shots), g in df.groupby(["method", "shots"], sort=False):
-        per = []
-        for ds, h in g.groupby("dataset", sort=False):
-            row = {"method": method, "shots": shots, "dataset": ds}
-            for split in ("base", "new"):
-                acc = h[h["split"] == split]["accuracy"]
-                row[split], row[f"{split}_std"], row["n_seeds"] = acc.mean(), acc.std(ddof=0), len(acc)
-            row["H"] = harmonic_mean(row["base"], row["new"])
-            per.append(row)
-        out.extend(per)
-        b, n = (sum(r[s] for r in per) / len(per) for s in ("base", "new"))
-        # std of the dataset-average over seeds
-        avg_seed = g.groupby(["seed", "split"])["accuracy"].mean().unstack()
-        out.append({"method": method, "shots": shots, "dataset": "average", "base": b, "new": n,
-                    "base_std": avg_seed["base"].std(ddof=0) if "base" in avg_seed else float("nan"),
-                    "new_std": avg_seed["new"].std(ddof=0) if "new" in avg_seed else float("nan"),
-                    "n_seeds": int(g["seed"].nunique()), "H": harmonic_mean(b, n)})
-    return pd.DataFrame(out)
+# Tables are views of these rows: see gramlib.tables (base_to_new_table, transfer_table).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--policy", default="none", help="augmentation policy: none | aug:N")
     ap.add_argument("--opt", action="append", default=[], help="learner option, e.g. coop.n_ctx=16")
     ap.add_argument("--ckpt-root", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: tiny ops are latency-bound, 2 threads on a busy 2-core box are ~20x slower)")
+    ap.add_argument("--artifacts-root", default=None, help="override the profile's artifacts root (backbone, caches)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
@@ -376,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args.seeds, args.shots,
                               tuple(args.datasets.split(",")) if args.datasets else None, args.policy, train,
                               _opts(args.opt), args.ckpt_root)
-        env = load_env(get_profile(args.profile))
+        prof = get_profile(args.profile)
+        if args.artifacts_root:
+            prof = dataclasses.replace(prof, artifacts_root=args.artifacts_root)
+        env = load_env(prof)
         df = run_protocol(env, pcfg, args.out, progress=lambda s: print(s, flush=True))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -390,5 +362,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 __all__ = ["COLUMNS", "Env", "METHODS", "PROTOCOLS", "ProtocolConfig", "Target", "append_rows", "base2new_table",
-           "check_classnames", "check_methods", "harmonic_mean", "load_env", "make_learner", "run_protocol",
+           "check_classnames", "check_methods", "load_env", "make_learner", "run_protocol",
            "run_unit", "units"]

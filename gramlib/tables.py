@@ -1,6 +1,6 @@
 """Tables are views of tidy result rows: aggregation over seeds, the paper's layouts, and Markdown.
 
-Result rows (one per protocol, dataset, method, seed, shots, epoch, split) are produced by
+Result rows (accuracy in percent; one per protocol, dataset, method, seed, shots, epoch, split) are produced by
 ``gramlib.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
 std, n_seeds``; ``metric`` follows ``gramlib/reference/paper_tables.csv`` (``base``/``new``/``H``
 for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
@@ -42,8 +42,8 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
         b, n = g["base"].mean(), g["new"].mean()
         for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
                                   ("H", harmonic_mean(b, n), _std(g["H"]))):
-            out.append({"dataset": dataset, "method": method, "metric": metric, "mean": 100 * mean,
-                        "std": 100 * std, "n_seeds": g["seed"].nunique()})
+            out.append({"dataset": dataset, "method": method, "metric": metric, "mean": mean,
+                        "std": std, "n_seeds": g["seed"].nunique()})
     table = pd.DataFrame(out, columns=TABLE_COLUMNS)
     if table.empty:
         return table
@@ -54,7 +54,7 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
         b, n = g["base"].mean(), g["new"].mean()
         for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
                                   ("H", harmonic_mean(b, n), _std(g["H"]))):
-            table.loc[len(table)] = [average_name, method, metric, 100 * mean, 100 * std, g["seed"].nunique()]
+            table.loc[len(table)] = [average_name, method, metric, mean, std, g["seed"].nunique()]
     return table
 
 
@@ -66,15 +66,15 @@ def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
     rows = rows[rows["split"] == "test"]
     out = []
     for (dataset, method), g in rows.groupby(["dataset", "method"], sort=False):
-        out.append({"dataset": dataset, "method": method, "metric": metric, "mean": 100 * g["accuracy"].mean(),
-                    "std": 100 * _std(g["accuracy"]), "n_seeds": g["seed"].nunique()})
+        out.append({"dataset": dataset, "method": method, "metric": metric, "mean": g["accuracy"].mean(),
+                    "std": _std(g["accuracy"]), "n_seeds": g["seed"].nunique()})
     table = pd.DataFrame(out, columns=TABLE_COLUMNS)
     targets = rows[rows["dataset"] != source]
     if len(targets):
         per_seed = targets.groupby(["method", "seed"])["accuracy"].mean().reset_index()
         for method, g in per_seed.groupby("method", sort=False):
-            table.loc[len(table)] = [average_name, method, metric, 100 * g["accuracy"].mean(),
-                                     100 * _std(g["accuracy"]), g["seed"].nunique()]
+            table.loc[len(table)] = [average_name, method, metric, g["accuracy"].mean(),
+                                     _std(g["accuracy"]), g["seed"].nunique()]
     return table
 
 

@@ -12,13 +12,13 @@ import torch
 from gramlib.clip.features import encode_images, eval_transform
 from gramlib.data.coop import fewshot_split, generate_fewshot, load_dataset, subsample_dataset
 from gramlib.fewshot_features import train_inputs, view_bank
+from gramlib.reference.audit import harmonic_mean
+from gramlib.tables import base_to_new_table
 from gramlib.protocols import (
     COLUMNS,
     ProtocolConfig,
     append_rows,
-    base2new_table,
     check_classnames,
-    harmonic_mean,
     load_env,
     main,
     make_learner,
@@ -50,9 +50,12 @@ def test_base2new_sampling_rules(env):
     assert sorted(counts.index) == list(range(m)) and set(counts) == {k}
     sample_all = generate_fewshot(full.train, k, seed)
     assert [d.impath for d in base.train] == [d.impath for d in sample_all if d.label < m]
-    # sampling after the split would pick other images: the order of the rules matters
-    after = generate_fewshot(subsample_dataset(full, "base").train, k, seed)
-    assert [d.impath for d in after] != [d.impath for d in base.train]
+    # the new classes' shots come from the same full-class sample; sampling after the split
+    # (a fresh RNG for the new classes) would pick other images: the order of the rules matters
+    new_train = subsample_dataset(fewshot_split(full, k, seed, cache_dir=env.fewshot_cache), "new").train
+    assert [d.impath for d in new_train] == [d.impath for d in sample_all if d.label >= m]
+    after = generate_fewshot(subsample_dataset(full, "new").train, k, seed)
+    assert [d.impath for d in after] != [d.impath for d in new_train]
     # val: min(K, 4) per class; test: untouched, new labels relabelled from 0
     assert set(pd.Series([d.label for d in base.val]).value_counts()) == {min(k, 4)}
     base_test, new_test = targets[0].data, targets[1].data
@@ -61,8 +64,6 @@ def test_base2new_sampling_rules(env):
     assert {d.classname for d in new_test} == set(full.classnames[m:])
     # the selection is cached as JSON and reused
     assert (env.fewshot_cache / name / f"shot_{k}-seed_{seed}.json").is_file()
-    again = fewshot_split(full, k, seed, cache_dir=env.fewshot_cache)
-    assert [d.impath for d in again.train] == [d.impath for d in subsample_dataset(again, "all").train]
 
 
 def test_cross_protocol_targets(env):
@@ -123,8 +124,8 @@ def test_run_base2new_writes_tidy_rows(env, tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="columns"):
         append_rows(bad, df.to_dict("records"))
-    table = base2new_table(pd.read_csv(out))
-    assert {"base", "new", "H"} <= set(table.columns) and "average" in set(table.dataset)
+    table = base_to_new_table(pd.read_csv(out))
+    assert set(table.metric) == {"base", "new", "H"} and "Average" in set(table.dataset)
 
 
 def test_harmonic_mean_on_averaged_accuracies():
@@ -135,9 +136,10 @@ def test_harmonic_mean_on_averaged_accuracies():
         for split, acc in (("base", b), ("new", n)):
             rows.append({"protocol": "base2new", "dataset": "d", "method": "coop", "seed": seed, "shots": 16,
                          "epoch": 10, "split": split, "accuracy": acc})
-    table = base2new_table(pd.DataFrame(rows))
+    table = base_to_new_table(pd.DataFrame(rows))
     # H of the means (50, 50) is 50; the mean of per-seed H values would be 18
-    assert table.set_index("dataset").loc["d", "H"] == pytest.approx(50.0)
+    h = table[(table.dataset == "d") & (table.metric == "H")]
+    assert h["mean"].item() == pytest.approx(50.0) and h["n_seeds"].item() == 2
 
 
 def test_bad_inputs(env, tmp_path, capsys):
