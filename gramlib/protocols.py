@@ -354,13 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.protocol == "base2new":
-        print(base2new_table(df).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        from gramlib.tables import base_to_new_table
+
+        print(base_to_new_table(df).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
 
-__all__ = ["COLUMNS", "Env", "METHODS", "PROTOCOLS", "ProtocolConfig", "Target", "append_rows", "base2new_table",
+__all__ = ["COLUMNS", "Env", "METHODS", "PROTOCOLS", "ProtocolConfig", "Target", "append_rows",
            "check_classnames", "check_methods", "load_env", "make_learner", "run_protocol",
            "run_unit", "units"]

@@ -144,7 +144,7 @@ def test_meta_gradients_match_finite_differences(kind: str, inner_steps: int, in
     phi = random_phi(theta, kind)
     tasks = [model.task(), model.task()]
     cfg = MetaConfig(
-        alpha=0.3, inner_steps=inner_steps, regulator=RegulatorConfig(kind=kind, input_norm=input_norm), track_metrics=False
+        alpha=0.3, inner_steps=inner_steps, regulator=RegulatorConfig(kind=kind, input_norm=input_norm, beta_scale=input_norm), track_metrics=False
     )
     mg = meta_gradients(theta, phi, tasks, model.loss, cfg)
     fd_theta = central_fd(lambda th: meta_objective(th, phi, tasks, model.loss, cfg), theta)

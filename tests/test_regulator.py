@@ -66,7 +66,7 @@ def test_parameter_shapes_follow_eq6_for_unigram_sized_prompts() -> None:
 
 def test_hand_computed_token_shared_example() -> None:
     """Two tokens of width 2; W acts on each token's width vector (W g_m), shared by the tokens."""
-    cfg = RegulatorConfig(kind="token_shared", input_norm="none")
+    cfg = RegulatorConfig(kind="token_shared", input_norm="none", beta_scale="none")
     g = {"p": torch.tensor([[0.1, -0.2], [0.3, 0.0]], dtype=torch.float64)}  # rows: tokens g_1, g_2
     phi = {
         "p.W_gamma": torch.tensor([[1.0, 2.0], [0.0, -1.0]], dtype=torch.float64),
@@ -96,7 +96,7 @@ def test_hand_computed_elementwise_and_full_examples() -> None:
         "p.W_beta": torch.tensor([[1.0, 0.0]], dtype=torch.float64),
         "p.b_beta": torch.tensor([[0.0, 0.2]], dtype=torch.float64),
     }
-    cfg = RegulatorConfig(kind="elementwise", input_norm="none")
+    cfg = RegulatorConfig(kind="elementwise", input_norm="none", beta_scale="none")
     # gamma = tanh(2*0.5 + 0, 3*(-1) + 1) = tanh(1, -2);  beta = tanh(0.5, 0.2)
     exp = [math.tanh(1.0) * 0.5 + math.tanh(0.5), math.tanh(-2.0) * -1.0 + math.tanh(0.2)]
     torch.testing.assert_close(regulate_gradient(elem, g, cfg)["p"], torch.tensor([exp], dtype=torch.float64))
@@ -107,7 +107,7 @@ def test_hand_computed_elementwise_and_full_examples() -> None:
         "p.W_beta": torch.tensor([[1.0, 1.0], [0.0, 0.0]], dtype=torch.float64),
         "p.b_beta": torch.zeros(1, 2, dtype=torch.float64),
     }
-    cfg = RegulatorConfig(kind="full", input_norm="none")
+    cfg = RegulatorConfig(kind="full", input_norm="none", beta_scale="none")
     # gamma = tanh(-1, 0.5);  beta = tanh(-0.5, 0)
     exp = [math.tanh(-1.0) * 0.5 + math.tanh(-0.5), math.tanh(0.5) * -1.0]
     torch.testing.assert_close(regulate_gradient(full, g, cfg)["p"], torch.tensor([exp], dtype=torch.float64))
@@ -165,3 +165,17 @@ def test_dtype_device_follow_theta_tensors_and_config_is_validated() -> None:
         init_regulator({"ctx": (1, 2, 3)}, RegulatorConfig())
     with pytest.raises(KeyError, match="vpt"):
         regulate_gradient(phi, {"vpt": torch.zeros(2, 3)}, RegulatorConfig())
+
+
+def test_beta_scaled_by_gradient_rms_by_hand() -> None:
+    """beta_scale='rms': g_hat = gamma * g + rms(g) * beta (eq. 6 in normalised units)."""
+    g = {"p": torch.tensor([[3.0, -4.0]], dtype=torch.float64)}  # rms = sqrt((9 + 16) / 2)
+    phi = {"p.W_gamma": torch.zeros(1, 2, dtype=torch.float64), "p.b_gamma": torch.tensor([[0.5, 0.5]], dtype=torch.float64),
+           "p.W_beta": torch.zeros(1, 2, dtype=torch.float64), "p.b_beta": torch.tensor([[0.2, -0.1]], dtype=torch.float64)}
+    rms = math.sqrt(12.5)
+    exp = [[math.tanh(0.5) * 3.0 + rms * math.tanh(0.2), math.tanh(0.5) * -4.0 + rms * math.tanh(-0.1)]]
+    out = regulate_gradient(phi, g, RegulatorConfig(kind="elementwise", beta_scale="rms", norm_eps=0.0))["p"]
+    torch.testing.assert_close(out, torch.tensor(exp, dtype=torch.float64))
+    # scaling g scales the whole regulated gradient: beta no longer dominates a small gradient
+    small = regulate_gradient(phi, {"p": g["p"] * 1e-3}, RegulatorConfig(kind="elementwise", beta_scale="rms", norm_eps=0.0))["p"]
+    torch.testing.assert_close(small, out * 1e-3)
