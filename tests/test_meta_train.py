@@ -1,0 +1,222 @@
+"""Meta-training driver on the smoke fixture: the task loss, smoke runs, bit-identical resume, test time."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gramlib.fewshot_features import TrainData, ViewBank
+from gramlib.meta import MetaConfig, math_attention
+from gramlib.meta_train import (MetaTrainConfig, TaskLoss, build_meta_learner, load_meta_data, load_meta_result,
+                                meta_batch, meta_train, meta_train_config, regulator_hook, tune_with_regulator)
+from gramlib.regulator import RegulatorConfig
+from gramlib.tasks import TaskConfig, sample_tasks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: one thread is faster and steadier on a shared 2-core machine (as meta.threads)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def cfg_for(learner: str = "coop", **kw) -> MetaTrainConfig:
+    base = dict(learner=learner, steps=4, task_source="truth", tasks=TaskConfig(ways=3, shots=2, query=4),
+                meta=MetaConfig(alpha=1.0, lr_theta=1e-2, lr_phi=1e-2, optimizer="adam", meta_batch=2,
+                                vectorize=True), ckpt_every=2, threads=1)
+    base.update(kw)
+    return MetaTrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def coop_setup(smoke, tmp_path_factory):
+    cfg = cfg_for()
+    bb, learner = build_meta_learner(smoke, cfg)
+    data = load_meta_data(smoke, cfg, bb, features=True, cache_dir=tmp_path_factory.mktemp("feat"))
+    return cfg, bb, learner, data
+
+
+def test_task_loss_matches_the_learners_logits(coop_setup):
+    cfg, bb, learner, data = coop_setup
+    loss = TaskLoss(learner, data.pool.classnames, image_features=True)
+    assert loss.tokens.shape[1] < learner.context_length  # prompts cut after the last EOT
+    task = sample_tasks(data.pool, np.random.default_rng(0), 1)[0]
+    sup, _ = meta_batch([task], data.bank, vectorize=False)[0]
+    theta = {k: v.detach() for k, v in learner.prompt_params().items()}
+    ref = learner.logits(theta, sup["x"], list(task.classnames))
+    torch.testing.assert_close(loss.logits(theta, sup), ref, rtol=1e-5, atol=1e-5)
+    # features in the bank are the backbone's normalised image features of those pairs
+    assert torch.allclose(data.bank.norm(dim=-1), torch.ones(len(data.bank)), atol=1e-4)
+
+
+def test_vectorized_and_loop_paths_agree(coop_setup):
+    cfg, bb, learner, data = coop_setup
+    from gramlib.meta import meta_gradients
+    from gramlib.regulator import init_regulator
+
+    loss = TaskLoss(learner, data.pool.classnames, image_features=True)
+    theta = {k: v.detach().clone() for k, v in learner.prompt_params().items()}
+    phi = init_regulator(theta, RegulatorConfig())
+    tasks = sample_tasks(data.pool, np.random.default_rng(1), 3)
+    a = meta_gradients(theta, phi, meta_batch(tasks, data.bank, True), loss, cfg.meta)
+    b = meta_gradients(theta, phi, meta_batch(tasks, data.bank, False), loss, dataclasses.replace(cfg.meta, vectorize=False))
+    for k in a.theta:
+        torch.testing.assert_close(a.theta[k], b.theta[k], rtol=1e-3, atol=1e-5)  # fp32, second order
+    for k in a.phi:
+        torch.testing.assert_close(a.phi[k], b.phi[k], rtol=1e-3, atol=1e-5)
+
+
+def test_coop_gram_smoke_run_writes_everything(smoke, coop_setup, tmp_path):
+    cfg, bb, learner, data = coop_setup
+    res = meta_train(smoke, cfg, tmp_path, data=data, backbone=bb)
+    for name in ("theta_star.safetensors", "phi_star.safetensors", "config.json", "summary.json", "meta_log.csv"):
+        assert (tmp_path / name).exists(), name
+    log = pd.read_csv(tmp_path / "meta_log.csv")
+    assert log.step.tolist() == [1, 2, 3, 4]
+    assert {"grad_cosine", "grad_cosine_raw", "meta_loss", "query_loss_after"} <= set(log.columns)
+    assert log.grad_cosine.between(-1, 1).all()
+    loaded = load_meta_result(tmp_path)
+    assert loaded.cfg == cfg and loaded.regulator == cfg.meta.regulator
+    theta0 = learner.prompt_params()["ctx"].detach()
+    assert not torch.equal(loaded.theta["ctx"], theta0)  # θ moved
+    torch.testing.assert_close(loaded.theta["ctx"], res.theta["ctx"])
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_killed_run_resumes_bit_identical(smoke, coop_setup, tmp_path):
+    cfg, bb, learner, data = coop_setup
+    cfg = dataclasses.replace(cfg, steps=5, ckpt_every=2)
+    full = meta_train(smoke, cfg, tmp_path / "full", data=data, backbone=bb)
+
+    def kill(step: int, _metrics: dict) -> None:
+        if step == 3:  # after the step-2 checkpoint, before the next: step 3 must be replayed
+            raise Killed
+
+    with pytest.raises(Killed):
+        meta_train(smoke, cfg, tmp_path / "resumed", data=data, backbone=bb, on_step=kill)
+    assert json.loads((tmp_path / "resumed" / "ckpt" / "meta_state.json").read_text())["step"] == 2
+    resumed = meta_train(smoke, cfg, tmp_path / "resumed", data=data, backbone=bb)
+    assert resumed.summary["resumed_from"] == 2
+    for k in full.theta:
+        assert torch.equal(full.theta[k], resumed.theta[k])
+    for k in full.phi:
+        assert torch.equal(full.phi[k], resumed.phi[k])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "meta_log.csv"),
+                                  pd.read_csv(tmp_path / "resumed" / "meta_log.csv"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(smoke, coop_setup, tmp_path):
+    cfg, bb, learner, data = coop_setup
+    cfg = dataclasses.replace(cfg, steps=2, ckpt_every=1)
+    meta_train(smoke, cfg, tmp_path, data=data, backbone=bb)
+    tensors = next((tmp_path / "ckpt").glob("meta_state-*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        meta_train(smoke, dataclasses.replace(cfg, steps=3), tmp_path, data=data, backbone=bb)
+
+
+@pytest.mark.parametrize("variant", ["no_regulator", "no_shift", "loop"])
+def test_ablation_switches_run(smoke, coop_setup, tmp_path, variant):
+    cfg, bb, learner, _ = coop_setup
+    change = {"no_regulator": dict(meta=dataclasses.replace(cfg.meta, regulate=False)),
+              "no_shift": dict(tasks=TaskConfig(ways=3, shots=2, query=4, domain_shift=False)),
+              "loop": dict(meta=dataclasses.replace(cfg.meta, vectorize=False))}[variant]
+    cfg = dataclasses.replace(cfg, steps=2, **change)
+    res = meta_train(smoke, cfg, tmp_path, backbone=bb, cache_dir=tmp_path / "feat")
+    assert len(res.log) == 2 and np.isfinite(res.log.meta_loss).all()
+    if variant == "no_regulator":
+        assert load_meta_result(tmp_path).regulator is None
+
+
+def test_supervised_tasks_from_a_labelled_dataset(smoke, coop_setup, tmp_path):
+    _, bb, _, _ = coop_setup
+    cfg = cfg_for(task_source="labelled", steps=2)
+    res = meta_train(smoke, cfg, tmp_path, backbone=bb, cache_dir=tmp_path / "feat")
+    assert res.summary["task_source"] == f"labelled:{smoke.source}" and len(res.log) == 2
+
+
+@pytest.mark.parametrize("learner,opts", [("vpt", {}), ("joint", {}), ("coop", {"n_ctx": 2, "ctx_init": None})])
+def test_other_learners_meta_train(smoke, coop_setup, tmp_path, learner, opts):
+    """VPT+GRAM and UNIGRAM (joint 2+2) go through the prompted image tower; token sweep (Table 7)."""
+    _, bb, _, _ = coop_setup
+    cfg = cfg_for(learner, learner_cfg=opts, steps=1, tasks=TaskConfig(ways=2, shots=1, query=2))
+    res = meta_train(smoke, cfg, tmp_path, backbone=bb, cache_dir=tmp_path / "feat")
+    theta = load_meta_result(tmp_path).theta
+    if learner == "vpt":
+        assert set(theta) == {"vis_ctx_0"}
+    elif learner == "joint":
+        assert set(theta) == {"ctx", "vis_ctx_0"} and theta["ctx"].shape[0] == 2 and theta["vis_ctx_0"].shape[0] == 2
+    else:
+        assert theta["ctx"].shape[0] == 2
+    assert np.isfinite(res.log.meta_loss).all() and np.isfinite(res.log.grad_cosine).all()
+
+
+def test_vpt_task_loss_under_vmap_matches_loop(smoke, coop_setup):
+    _, bb, _, _ = coop_setup
+    cfg = cfg_for("vpt", tasks=TaskConfig(ways=2, shots=1, query=2))
+    _, learner = build_meta_learner(smoke, cfg, bb)
+    data = load_meta_data(smoke, cfg, bb, features=False)
+    loss = TaskLoss(learner, data.pool.classnames, image_features=False)
+    theta = {k: v.detach() for k, v in learner.prompt_params().items()}
+    tasks = sample_tasks(data.pool, np.random.default_rng(0), 2)
+    stacked = meta_batch(tasks, data.bank, True)
+    with math_attention():
+        batched = torch.vmap(loss, in_dims=(None, 0))(theta, stacked.support)
+        looped = torch.stack([loss(theta, s) for s, _ in meta_batch(tasks, data.bank, False)])
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_with_regulator_uses_the_hook(coop_setup):
+    """Eq. 7 at test time: with W = 0, R(g) = 0.95 g, i.e. SGD at 0.95 x lr (momentum SGD is linear in g)."""
+    from gramlib.train import TrainConfig, train_prompt
+
+    cfg, bb, learner, data = coop_setup
+    names = list(data.pool.classnames[:3])
+    idx = np.concatenate([data.pool.members[c][0][:4] for c in range(3)])
+    labels = torch.repeat_interleave(torch.arange(3), torch.as_tensor([min(4, len(data.pool.members[c][0])) for c in range(3)]))
+    td = TrainData(ViewBank(data.bank[torch.as_tensor(idx)].unsqueeze(0), labels, True), names)
+    theta_star = {k: v.detach().clone() + 0.01 for k, v in learner.prompt_params().items()}
+    from gramlib.regulator import init_regulator
+
+    phi = init_regulator(theta_star, RegulatorConfig())
+    tcfg = TrainConfig(epochs=2, batch_size=4, lr=0.01, warmup_epochs=0)
+    tuned = tune_with_regulator(learner, theta_star, phi, td, tcfg, RegulatorConfig()).theta
+    learner.load_prompt_params(theta_star)
+    plain = train_prompt(learner, td, dataclasses.replace(tcfg, lr=0.0095)).theta
+    torch.testing.assert_close(tuned["ctx"], plain["ctx"], rtol=1e-4, atol=1e-6)
+    raw = tune_with_regulator(learner, theta_star, phi, td, tcfg, None).theta
+    assert not torch.allclose(raw["ctx"], tuned["ctx"])
+    assert regulator_hook(phi, None) is None
+
+
+def test_params_yaml_variants():
+    for variant in ("coop_gram", "vpt_gram", "unigram", "no_domain_shift", "no_regulator", "supervised",
+                    "tokens_2", "tokens_8"):
+        cfg = meta_train_config("mini", variant)
+        assert cfg.steps >= 1
+    assert meta_train_config("mini", "no_regulator").meta.regulate is False
+    assert meta_train_config("mini", "no_domain_shift").tasks.domain_shift is False
+    assert meta_train_config("mini", "unigram").learner == "joint"
+    with pytest.raises(ValueError, match="unknown meta-training variant"):
+        meta_train_config("mini", "nope")
+
+
+def test_pretrain_prompts_without_meta_learning(smoke, coop_setup, tmp_path):
+    from gramlib.pretrain_prompts import PretrainConfig, pretrain_prompts
+
+    _, bb, learner, _ = coop_setup
+    summary = pretrain_prompts(smoke, PretrainConfig(task_source="truth", epochs=1, max_items=200), tmp_path,
+                               backbone=bb, cache_dir=tmp_path / "feat")
+    assert summary["n_items"] == 200 and summary["n_classes"] >= 2
+    res = load_meta_result(tmp_path)
+    assert res.regulator is None and set(res.theta) == {"ctx"}
