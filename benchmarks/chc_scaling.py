@@ -96,11 +96,11 @@ def run_one(n: int, pool_path: Path, cache_dir: Path, fit_sample: int, sigma: fl
     cfg = CHCConfig.from_dict({"filter": {"rule": "none"}, "topics": topics, "domains": {"n_domains": 3},
                                "plot_coords": "none", "show_progress_bar": False})
     img = np.random.default_rng(0).normal(size=(n, 512)).astype(np.float32)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     res = run_chc(caps, img, None, cfg, cache_dir / f"n{n}", encoder=enc)
-    secs = time.perf_counter() - t1
+    secs, cpu = time.perf_counter() - t1, time.process_time() - c1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB -> MiB on Linux
-    return {"n": n, "seconds": secs, "generate_seconds": t_gen, "peak_rss_mb": rss,
+    return {"n": n, "seconds": secs, "cpu_seconds": cpu, "load_avg_1m": os.getloadavg()[0], "generate_seconds": t_gen, "peak_rss_mb": rss,
             "n_topics": int(len(res.topic_words)), "timings": {k: round(v, 2) for k, v in res.timings.items()}}
 
 
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict = {
         "n_captions": ns,
         "seconds": [round(r["seconds"], 2) for r in runs],
+        "cpu_seconds": [round(r["cpu_seconds"], 2) for r in runs],
         "peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in runs],
         "embed_seconds_per_caption": per_caption,
         "skipped": skipped,

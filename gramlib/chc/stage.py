@@ -52,7 +52,7 @@ from .topics import min_pairs_needed
 __all__ = [
     "Corpus", "StageResult", "TextConfig", "text_config", "clean_captions", "chc_params", "chc_config", "load_corpus", "backbone_features",
     "accepted_topic_words", "chc_metrics", "REPORT_KEYS", "report_metrics", "run_stage", "topic_table",
-    "failure_kinds", "write_report", "load_truth",
+    "failure_kinds", "write_report", "load_truth", "clean_captions",
     "load_stage", "chc_dir",
 ]
 
@@ -202,11 +202,12 @@ def accepted_topic_words(synonyms: Mapping[str, Sequence[str]]) -> dict[str, set
 
     A topic word is one token of the vocabulary, while many names are phrases ("letter a",
     "polka dots"), so besides the concept name (``_`` -> space) and its synonyms we accept a single
-    token of a synonym *if that token names no other concept* in the world's vocabulary ("polka",
-    "dollar", "b"); tokens shared across concepts ("letter", "sign", "pattern") stay wrong.
+    (whitespace-separated) token of a synonym *if that token names no other concept* in the world's
+    vocabulary ("polka", "dollar", "b", "three-sided"); tokens shared across concepts ("letter",
+    "sign", "pattern") stay wrong.
     """
     def tokens(s: str) -> list[str]:
-        return [t for t in s.lower().replace("_", " ").replace("-", " ").split() if t]
+        return [t for t in s.lower().replace("_", " ").split() if t]
 
     owners: dict[str, set[str]] = {}
     for c, syn in synonyms.items():
@@ -383,11 +384,12 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
     img, txt = backbone_features(prof, corpus, cache / "features")
     timings["backbone_features"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     captions = clean_captions(corpus.captions, text)
     res = run_chc(captions, img, txt, cfg, cache / "chc" / prof.name, keys=corpus.keys, encoder=encoder)
     res.pairs.insert(2, "raw_caption", corpus.captions)
     timings["chc"] = time.perf_counter() - t
+    timings["cpu_chc"] = time.process_time() - c  # CPU time of all threads: robust to a shared machine
     timings.update({f"chc_{k}": v for k, v in res.timings.items()})
 
     truth, synonyms = load_truth(prof)
@@ -410,16 +412,21 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
                        config=cfg, out_dir=out, corpus=corpus, result=res, timings=timings)
 
 
-def load_stage(profile: Profile | str, params: dict | None = None, out_dir: str | os.PathLike | None = None) -> StageResult:
-    """Read a finished stage back from ``artifacts/<profile>/chc`` (no clustering rerun)."""
+def load_stage(profile: Profile | str, params: dict | None = None, out_dir: str | os.PathLike | None = None,
+               with_corpus: bool = False) -> StageResult:
+    """Read a finished stage back from ``artifacts/<profile>/chc`` (no clustering rerun; the
+    notebook's ``rerun=False`` re-plots from it).  ``with_corpus`` re-reads the shards (images)."""
     prof = get_profile(profile, params) if isinstance(profile, str) else profile
     out = Path(out_dir) if out_dir is not None else chc_dir(prof)
     if not (out / "pairs.parquet").exists():
         raise FileNotFoundError(f"{out}/pairs.parquet missing: run the CHC stage for {prof.name!r} first")
+    metrics = read_json(out / "metrics.json")
     return StageResult(profile=prof, pairs=pd.read_parquet(out / "pairs.parquet"),
                        topic_words=pd.read_csv(out / "topic_words.csv", keep_default_na=False),
-                       metrics=read_json(out / "metrics.json"), read_stats=read_json(out / "read_stats.json"),
-                       config=CHCConfig.from_dict(read_json(out / "config.json")), out_dir=out)
+                       metrics=metrics, read_stats=read_json(out / "read_stats.json"),
+                       config=CHCConfig.from_dict(read_json(out / "config.json")), out_dir=out,
+                       corpus=load_corpus(prof.root / prof.cc3m_dir) if with_corpus else None,
+                       timings=dict(metrics.get("timings_s", {})))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

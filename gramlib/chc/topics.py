@@ -142,12 +142,34 @@ class SampledReducer:
         return np.concatenate(parts, axis=0).astype(np.float32)
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
-        if self.fit_sample is not None and len(X) > self.fit_sample:
-            out = self.fit(X).transform(X)
+        """Reduce the *distinct* rows only and broadcast back.
+
+        Web captions repeat (the same alt-text on many images; after boilerplate removal the mini
+        corpus has ~1 k distinct captions in 15 k). Hundreds of copies of one point give UMAP
+        disconnected kNN components whose spectral initialisation dominates the run time and
+        distorts the layout; identical inputs get identical coordinates either way.
+        """
+        unique, inverse = _distinct_rows(X)
+        if len(unique) < len(X):
+            log.info("reducer: %d distinct of %d embeddings", len(unique), len(X))
+        if self.fit_sample is not None and len(unique) > self.fit_sample:
+            out = self.fit(unique).transform(unique)
         else:
-            out = np.asarray(self.base.fit_transform(np.asarray(X, dtype=np.float32)), dtype=np.float32)
+            out = np.asarray(self.base.fit_transform(np.asarray(unique, dtype=np.float32)), dtype=np.float32)
+        out = out[inverse]
         self.embedding_ = out
         return out
+
+
+def _distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows in first-seen order, index of each row's distinct row)."""
+    A = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+    keys = A.view(np.dtype((np.void, A.dtype.itemsize * A.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # keep first-seen order (deterministic, independent of byte sorting)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return A[first[order]], rank[inverse.ravel()]
 
 
 def min_pairs_needed(cfg: TopicConfig) -> int:
