@@ -23,15 +23,6 @@ from gramlib.regulator import RegulatorConfig, init_regulator
 K, FEAT = 3, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny problems: single-threaded is faster and steadier on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Toy:
     """A small prompt learner over fixed random features (built deterministically from a seed)."""
 

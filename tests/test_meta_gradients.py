@@ -32,16 +32,6 @@ from gramlib.regulator import RegulatorConfig, init_regulator
 K, FEAT = 3, 5  # classes per task, feature width
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: with 2 intra-op threads on a busy 2-core machine every op pays
-    thread hand-offs (measured 10-50x slower), so run them single-threaded and restore after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class ToyPrompt:
     """A tiny CLIP-like prompt learner on fixed random features.
 

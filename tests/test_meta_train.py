@@ -18,15 +18,6 @@ from gramlib.regulator import RegulatorConfig
 from gramlib.tasks import TaskConfig, sample_tasks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny ops: one thread is faster and steadier on a shared 2-core machine (as meta.threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def cfg_for(learner: str = "coop", **kw) -> MetaTrainConfig:
     base = dict(learner=learner, steps=4, task_source="truth", tasks=TaskConfig(ways=3, shots=2, query=4),
                 meta=MetaConfig(alpha=1.0, lr_theta=1e-2, lr_phi=1e-2, optimizer="adam", meta_batch=2,

@@ -15,15 +15,6 @@ CLASSES = ["dog", "cat", "fire_hydrant", "sports car"]
 TEMPLATE = "a photo of a {}."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops are latency-bound: on a loaded 2-core box two OpenMP threads made them ~100x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return build_tiny_clip(seed=0)

@@ -31,7 +31,6 @@ FAST = {"epochs": 2, "batch_size": 32}
 
 @pytest.fixture(scope="module")
 def env(smoke, tmp_path_factory):
-    torch.set_num_threads(1)
     return load_env(smoke, feature_cache=tmp_path_factory.mktemp("features"))
 
 

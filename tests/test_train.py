@@ -26,14 +26,6 @@ from tiny_openclip import build_tiny_clip
 CLASSES = ["dog", "cat", "fire hydrant", "sports car"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return build_tiny_clip(seed=0)
