@@ -5,7 +5,9 @@ Code never branches on a profile's *name*; it reads the block. Adding a profile 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,14 @@ class Profile:
     def artifacts(self) -> Path:
         root = Path(self.artifacts_root)
         return (root if root.is_absolute() else REPO / root) / self.name
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    """``over`` merged into a copy of ``base``, recursively for nested blocks (profile/variant overrides)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
 
 
 def load_params(path: str | Path = PARAMS) -> dict:

@@ -25,7 +25,6 @@ CLI::  python -m gramlib.meta_train --profile mini --variant coop_gram [--out DI
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import logging
 import math
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gramlib.config import REPO, Profile, get_profile, load_params
+from gramlib.config import REPO, Profile, deep_merge, get_profile, load_params
 from gramlib.io import atomic_path, load_safetensors, read_json, save_safetensors, write_json
 from gramlib.meta import MetaConfig, MetaState, init_meta_state, meta_step, stack_tasks
 from gramlib.meta_checkpoint import resume_or_init, save_meta_checkpoint
@@ -97,24 +96,17 @@ class MetaTrainConfig:
         return dataclasses.asdict(self)
 
 
-def _deep_merge(base: Mapping, over: Mapping) -> dict:
-    out = copy.deepcopy(dict(base))
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
-    return out
-
-
 def meta_params(profile_name: str, variant: str | None = None, params: dict | None = None) -> dict:
     """params.yaml ``meta`` block, merged with ``meta.profiles.<profile>`` then ``meta.variants.<variant>``."""
     params = load_params() if params is None else params
     block = dict(params.get("meta") or {})
     profiles = block.pop("profiles", {}) or {}
     variants = block.pop("variants", {}) or {}
-    merged = _deep_merge(block, profiles.get(profile_name) or {})
+    merged = deep_merge(block, profiles.get(profile_name) or {})
     if variant is not None:
         if variant not in variants:
             raise ValueError(f"unknown meta-training variant {variant!r}; known: {sorted(variants)}")
-        merged = _deep_merge(merged, variants[variant] or {})
+        merged = deep_merge(merged, variants[variant] or {})
     return merged
 
 
@@ -141,13 +133,9 @@ class MetaData:
 
 
 def load_backbone(profile: Profile):
-    from gramlib.clip.factory import build_backbone
-    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.clip.pretrain import load_profile_backbone
 
-    ckpt = backbone_dir(profile) / "backbone.safetensors"
-    if profile.backbone.pretrained is None and not ckpt.exists():
-        raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of {profile.name!r} first")
-    return build_backbone(profile.backbone, ckpt if ckpt.exists() else None)
+    return load_profile_backbone(profile)
 
 
 def load_pairs(profile: Profile, cfg: MetaTrainConfig) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from gramlib.clip.factory import TINY_ARCHS, Backbone, build_backbone
+from gramlib.clip.factory import Backbone
 from gramlib.config import REPO, Profile, get_profile
 from gramlib.data.coop import CoopDataset, fewshot_split, load_dataset, subsample_dataset
 from gramlib.fewshot_features import eval_inputs, parse_policy, train_inputs
@@ -109,16 +109,10 @@ class Env:
 
 def load_env(profile: Profile, feature_cache: str | os.PathLike | None = None) -> Env:
     """Build the profile's frozen CLIP (its pre-trained checkpoint for tiny archs) and caches."""
-    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.clip.pretrain import load_profile_backbone
     from gramlib.report import git_commit
 
-    ckpt = None
-    if profile.backbone.arch in TINY_ARCHS:
-        ckpt = backbone_dir(profile) / "backbone.safetensors"
-        if not ckpt.exists():
-            raise FileNotFoundError(f"{ckpt} not found: pre-train the {profile.name} backbone first "
-                                    "(the backbone stage, gramlib.clip.pretrain)")
-    backbone = build_backbone(profile.backbone, ckpt)
+    backbone = load_profile_backbone(profile)
     g = git_commit()
     commit = str(g["commit"]) + ("-dirty" if g.get("dirty") else "")
     return Env(profile, backbone, dataset_templates(profile.root / profile.coop_dir),

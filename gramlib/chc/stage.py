@@ -22,7 +22,6 @@ Run: ``python -m gramlib.chc.stage --profile mini``.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gramlib.config import REPO, Profile, get_profile, load_params
+from gramlib.config import REPO, Profile, deep_merge, get_profile, load_params
 from gramlib.io import atomic_path, read_json, write_json
 
 from .metrics import (
@@ -69,19 +68,12 @@ def chc_dir(profile: Profile) -> Path:
     return profile.artifacts / "chc"
 
 
-def _deep_merge(base: dict, over: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
 def chc_params(profile_name: str, params: dict | None = None) -> dict:
     """The ``chc:`` block of params.yaml with ``chc.profiles.<name>`` merged over its base settings."""
     params = load_params() if params is None else params
     block = dict(params.get("chc") or {})
     overrides = block.pop("profiles", None) or {}
-    return _deep_merge(block, overrides.get(profile_name) or {})
+    return deep_merge(block, overrides.get(profile_name) or {})
 
 
 def chc_config(profile_name: str, params: dict | None = None) -> CHCConfig:
@@ -183,14 +175,10 @@ def _shard_identity(shards: Sequence[str]) -> list:
 
 def backbone_features(profile: Profile, corpus: Corpus, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """The frozen backbone's L2-normalised image and caption features of the corpus (cached)."""
-    from gramlib.clip.factory import build_backbone
     from gramlib.clip.features import encode_images, encode_texts, eval_transform
-    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.clip.pretrain import load_profile_backbone
 
-    ckpt = backbone_dir(profile) / "backbone.safetensors"
-    if profile.backbone.pretrained is None and not ckpt.exists():
-        raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of profile {profile.name!r} first")
-    bb = build_backbone(profile.backbone, ckpt if ckpt.exists() else None)
+    bb = load_profile_backbone(profile)
     identity = [_shard_identity(corpus.shards), corpus.keys]
     img = encode_images(bb, corpus.images, eval_transform(bb), cache_dir, identity=identity, desc="CHC image features")
     txt = encode_texts(bb, corpus.captions, cache_dir, desc="CHC caption features")

@@ -9,7 +9,6 @@ schedule mattered more than anything else. Checkpoints are written atomically ev
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -167,6 +166,17 @@ def _save_state(model, opt, gen, out_dir: Path, step: int, history: list, elapse
 
 def backbone_dir(profile: Profile) -> Path:
     return profile.artifacts / "backbone"
+
+
+def load_profile_backbone(profile: Profile, device: str = "cpu"):
+    """The profile's frozen CLIP: its pre-trained checkpoint for tiny archs, else the named weights."""
+    from gramlib.clip.factory import TINY_ARCHS, build_backbone
+
+    ckpt = backbone_dir(profile) / "backbone.safetensors"
+    if profile.backbone.arch in TINY_ARCHS and not ckpt.exists():
+        raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of profile "
+                                f"{profile.name!r} first (python -m gramlib.cli pretrain --profile {profile.name})")
+    return build_backbone(profile.backbone, ckpt if ckpt.exists() else None, device=device)
 
 
 def pretrain_or_describe(profile: Profile) -> dict:

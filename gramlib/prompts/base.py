@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
+from gramlib.data.coop import clean_classname  # CoOp: "_" -> space (one rule for loaders and prompts)
+
 Theta = dict[str, Tensor]
 """Prompt parameters θ: name -> 2-D tensor (e.g. (M, d) context vectors)."""
 
@@ -55,11 +57,6 @@ def check_fits(tokenizer: object, text: str, classname: str, n_prompt: int, cont
             f"tokens the prompt {text!r} needs {n} tokens (incl. start/end) but the context "
             f"length is {context_length}"
         )
-
-
-def clean_classname(name: str) -> str:
-    """CoOp convention: underscores in class names become spaces."""
-    return name.replace("_", " ").strip()
 
 
 # --------------------------------------------------------------------------------------------------
