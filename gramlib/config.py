@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ def get_profile(name: str | None = None, params: dict | None = None, path: str |
                 data_root: str | None = None, artifacts_root: str | None = None) -> Profile:
     """The named profile (default: ``params.yaml``'s ``profile``), with a clear error if unknown.
 
-    ``data_root``/``artifacts_root`` relocate a profile (tests run the smoke chain in a temp dir).
+    ``data_root``/``artifacts_root`` relocate a profile (tests run the smoke chain in a temp dir);
+    without them the environment variables ``GRAMLIB_DATA_ROOT``/``GRAMLIB_ARTIFACTS_ROOT`` do.
     """
     params = load_params(path) if params is None else params
     name = name or params.get("profile", "mini")
@@ -101,6 +103,9 @@ def get_profile(name: str | None = None, params: dict | None = None, path: str |
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r} (parameter 'profile' in {path}); known: {sorted(profiles)}")
     block = dict(profiles[name])
+    # environment overrides reach every process of a run (CLI stages, Papermill kernels, workers)
+    data_root = data_root or os.environ.get("GRAMLIB_DATA_ROOT") or None
+    artifacts_root = artifacts_root or os.environ.get("GRAMLIB_ARTIFACTS_ROOT") or None
     if data_root:
         block["data_root"] = data_root
     if artifacts_root:

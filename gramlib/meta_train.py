@@ -97,16 +97,24 @@ class MetaTrainConfig:
 
 
 def meta_params(profile_name: str, variant: str | None = None, params: dict | None = None) -> dict:
-    """params.yaml ``meta`` block, merged with ``meta.profiles.<profile>`` then ``meta.variants.<variant>``."""
+    """params.yaml ``meta`` block, merged with ``meta.profiles.<profile>``, ``meta.variants.<variant>``,
+    then ``meta.profiles.<profile>.variants.<variant>`` (most specific last)."""
     params = load_params() if params is None else params
     block = dict(params.get("meta") or {})
     profiles = block.pop("profiles", {}) or {}
     variants = block.pop("variants", {}) or {}
-    merged = deep_merge(block, profiles.get(profile_name) or {})
+    prof_block = dict(profiles.get(profile_name) or {})
+    prof_variants = prof_block.pop("variants", {}) or {}
+    merged = deep_merge(block, prof_block)
     if variant is not None:
         if variant not in variants:
             raise ValueError(f"unknown meta-training variant {variant!r}; known: {sorted(variants)}")
         merged = deep_merge(merged, variants[variant] or {})
+        # a profile's own settings for one variant (e.g. a cheaper image-side run on the mini profile)
+        merged = deep_merge(merged, prof_variants.get(variant) or {})
+    unknown = set(prof_variants) - set(variants)
+    if unknown:
+        raise ValueError(f"meta.profiles.{profile_name}.variants: unknown variant(s) {sorted(unknown)}")
     return merged
 
 

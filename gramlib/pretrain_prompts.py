@@ -110,16 +110,18 @@ def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str |
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="prompt pre-training by classification (w/o meta-learning)")
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/no_meta")
+    ap.add_argument("--variant", default=None,
+                    help="take the learner and task source of this meta-training variant (e.g. unigram)")
+    ap.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/<variant>_pretrain (no_meta)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     name = a.profile or load_params().get("profile", "mini")
     prof = get_profile(name)
-    base = meta_params(name)
+    base = meta_params(name, a.variant)
     block = base.get("pretrain", {}) or {}
     cfg = PretrainConfig.from_dict({"learner": base.get("learner", "coop"), "learner_cfg": base.get("learner_cfg", {}),
                                     "task_source": base.get("task_source", "chc"), **block})
-    out = Path(a.out) if a.out else prof.artifacts / "meta" / "no_meta"
+    out = Path(a.out) if a.out else prof.artifacts / "meta" / (f"{a.variant}_pretrain" if a.variant else "no_meta")
     print(pretrain_prompts(prof, cfg, out)["history"][-1])
 
 

@@ -157,14 +157,23 @@ class Target:
 
 def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_set: CoopDataset | None,
              targets: Sequence[Target], pcfg: ProtocolConfig,
-             grad_transform: GradTransform | None = None) -> list[dict[str, Any]]:
+             grad_transform: GradTransform | None = None, *, learner_name: str | None = None,
+             theta_init: dict[str, torch.Tensor] | None = None, init_seed: int | None = None,
+             train_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``method`` on ``train_set`` (skipped for zero-shot) and evaluate it on every target.
 
+    ``method`` is the row label; the learner is ``learner_name`` (default: ``method``) with
+    ``pcfg.learner_opts[method]``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*),
+    ``init_seed`` seeds the random initialisation apart from the data ``seed`` (Figure 1a), and
+    ``train_overrides`` update the TrainConfig after ``pcfg.train``.
     Returns tidy rows: one per target and evaluated epoch (zero-shot: epoch 0 only).
     """
-    torch.manual_seed(seed)  # random prompt / meta-net initialisation
+    torch.manual_seed(seed if init_seed is None else init_seed)  # random prompt / meta-net initialisation
     src_name = train_set.name if train_set is not None else targets[0].dataset
-    learner = make_learner(env, method, _template(env, src_name), pcfg.learner_opts.get(method))
+    learner = make_learner(env, learner_name or method, _template(env, src_name),
+                           pcfg.learner_opts.get(learner_name or method))
+    if theta_init is not None:
+        learner.load_prompt_params({k: v.to(learner.device) for k, v in theta_init.items()})
     for t in targets:
         check_classnames(learner, t.classnames, t.dataset)
     evals = {(t.dataset, t.split): eval_inputs(learner, env.backbone, t.data, t.classnames,
@@ -189,7 +198,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         return rows
 
     check_classnames(learner, train_set.classnames, train_set.name)
-    cfg = TrainConfig.for_learner(method, seed=seed, **pcfg.train)
+    cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **{**pcfg.train, **(train_overrides or {})})
     data = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, pcfg.policy,
                         cache_dir=env.feature_cache, seed=seed)
     rows: list[dict[str, Any]] = []

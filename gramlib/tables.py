@@ -8,6 +8,8 @@ for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -125,3 +127,94 @@ def paper_reference_markdown(table_number: int) -> str:
         return base_to_new_markdown(ref)
     source = ref["dataset"].iloc[0]
     return transfer_markdown(ref, source)
+
+
+# ------------------------------------------------------------------------------------------------
+# what the notebooks write: reports/tables/table<N>_<slug>.{csv,md,provenance.json}
+
+# the paper's pairs "method -> method + GRAM" whose difference is its claim
+GRAM_PAIRS = (("CoOp", "CoOp+GRAM"), ("VPT", "VPT+GRAM"))
+
+
+def gram_deltas(table: pd.DataFrame, metric: str, dataset: str = "Average",
+                pairs: tuple[tuple[str, str], ...] = GRAM_PAIRS) -> pd.DataFrame:
+    """(base method, +GRAM method, ours: delta, paper: delta, same sign) for one metric and dataset.
+
+    The paper's delta comes from ``paper_tables.csv`` when ``table`` is paired with a paper table
+    through :func:`direction_check`; here both columns are filled by the caller.
+    """
+    sub = table[(table["dataset"] == dataset) & (table["metric"] == metric)].set_index("method")["mean"]
+    out = []
+    for a, b in pairs:
+        if a in sub.index and b in sub.index:
+            out.append({"pair": f"{b} − {a}", "metric": metric, "delta": float(sub[b] - sub[a])})
+    return pd.DataFrame(out, columns=["pair", "metric", "delta"])
+
+
+def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], dataset: str = "Average",
+                    paper_dataset: str = "Average", pairs: tuple[tuple[str, str], ...] = GRAM_PAIRS,
+                    paper_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """Does each change of method move our numbers the way it moves the paper's?
+
+    One row per pair (a, b) and metric: ours = b − a in our table, paper = the same difference in the
+    paper's table, where ``paper_names`` maps our method labels to the paper's row names (for rows a
+    profile hosts differently, e.g. the mini profile's CoOp-hosted ablations of Table 6).
+    """
+    from gramlib.reference import paper_table
+
+    names = paper_names or {}
+    ref = paper_table(table_number).rename(columns={"value": "mean"})
+    rows = []
+    for metric in metrics:
+        mine = gram_deltas(ours, metric, dataset, pairs).set_index("pair")["delta"]
+        mapped = tuple((names.get(a, a), names.get(b, b)) for a, b in pairs)
+        theirs = gram_deltas(ref, metric, paper_dataset, mapped)
+        theirs = dict(zip([f"{b} − {a}" for a, b in mapped], [np.nan] * len(mapped))) | \
+            theirs.set_index("pair")["delta"].to_dict()
+        for (a, b), (pa, pb) in zip(pairs, mapped):
+            pair = f"{b} − {a}"
+            if pair not in mine.index:
+                continue
+            p = float(theirs.get(f"{pb} − {pa}", np.nan))
+            rows.append({"pair": pair, "paper_pair": f"{pb} − {pa}", "metric": metric, "ours": float(mine[pair]),
+                         "paper": p,
+                         "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None})
+    return pd.DataFrame(rows, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction"])
+
+
+def save_table(table: pd.DataFrame, number: int, slug: str, reports_dir: str | Path, markdown: str,
+               stamp: dict) -> dict[str, Path]:
+    """Write ``table<N>_<slug>.csv`` (TABLE_COLUMNS), ``.md`` (ours, then the paper's) and provenance."""
+    from gramlib.report import write_csv, write_provenance
+
+    missing = set(TABLE_COLUMNS) - set(table.columns)
+    if missing:
+        raise ValueError(f"table {number}: missing columns {sorted(missing)}")
+    out = Path(reports_dir) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"table{number}_{slug}"
+    paths = {"csv": write_csv(table[TABLE_COLUMNS], out / f"{stem}.csv")}
+    md = (f"# Table {number} ({slug.replace('_', ' ')}): profile {stamp.get('profile')}\n\n"
+          f"Ours (mean ± std over seeds {stamp.get('seeds')}; accuracy %):\n\n{markdown}\n"
+          f"The paper's Table {number} (CLIP ViT-B/16, its datasets):\n\n{paper_reference_markdown(number)}")
+    from gramlib.io import atomic_path
+
+    with atomic_path(out / f"{stem}.md") as tmp:
+        Path(tmp).write_text(md)
+    paths["md"] = out / f"{stem}.md"
+    paths["provenance"] = write_provenance(out / f"{stem}.provenance.json", **stamp)
+    return paths
+
+
+def describe_check(check: pd.DataFrame) -> str:
+    """One sentence per row of :func:`direction_check`, for the notebooks' verdicts."""
+    if check.empty:
+        return "No GRAM pair was run, so there is nothing to compare."
+    out = []
+    for r in check.itertuples():
+        verdict = ("same direction as the paper" if r.same_direction else
+                   "the opposite direction to the paper" if r.same_direction is not None else "no paper number")
+        out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f}, paper {r.paper:+.2f} → {verdict}.")
+    n_same = int(check["same_direction"].fillna(False).sum())
+    out.append(f"\n**{n_same} of {len(check)}** effects point the same way as in the paper.")
+    return "\n".join(out)

@@ -191,15 +191,36 @@ def test_tune_with_regulator_uses_the_hook(coop_setup):
 
 
 def test_params_yaml_variants():
-    for variant in ("coop_gram", "vpt_gram", "unigram", "no_domain_shift", "no_regulator", "supervised",
-                    "tokens_2", "tokens_8"):
+    from gramlib.config import load_params
+
+    for variant in load_params()["meta"]["variants"]:
         cfg = meta_train_config("mini", variant)
         assert cfg.steps >= 1
-    assert meta_train_config("mini", "no_regulator").meta.regulate is False
-    assert meta_train_config("mini", "no_domain_shift").tasks.domain_shift is False
+    for host in ("coop", "unigram"):
+        assert meta_train_config("mini", f"{host}_no_regulator").meta.regulate is False
+        assert meta_train_config("mini", f"{host}_no_domain_shift").tasks.domain_shift is False
+        assert meta_train_config("mini", f"{host}_supervised").task_source == "labelled"
     assert meta_train_config("mini", "unigram").learner == "joint"
+    assert meta_train_config("mini", "unigram_no_regulator").learner == "joint"
+    assert meta_train_config("mini", "unigram_tokens_8").learner_cfg == {"n_ctx": 4, "n_vis": 4}
+    assert meta_train_config("mini", "coop_tokens_6").learner_cfg == {"n_ctx": 6, "ctx_init": None}
+    # a profile's own settings for one variant come last: the mini image-side runs are cheaper
+    assert meta_train_config("mini", "unigram").steps == 200 and meta_train_config("paper", "unigram").steps == 400
+    assert meta_train_config("mini", "unigram").meta.meta_batch == 2
+    assert meta_train_config("mini", "coop_gram").meta.meta_batch == 4
     with pytest.raises(ValueError, match="unknown meta-training variant"):
         meta_train_config("mini", "nope")
+
+
+def test_profile_variant_override_of_an_unknown_variant_is_an_error():
+    import copy
+
+    from gramlib.config import load_params
+
+    params = copy.deepcopy(load_params())
+    params["meta"]["profiles"]["mini"]["variants"]["ghost"] = {"steps": 1}
+    with pytest.raises(ValueError, match="unknown variant"):
+        meta_train_config("mini", "coop_gram", params)
 
 
 def test_pretrain_prompts_without_meta_learning(smoke, coop_setup, tmp_path):

@@ -1,0 +1,124 @@
+"""Figures 1a, 1b, 3a and 3b: the data each one shows (pure functions of result rows or meta logs)
+and the plots (matplotlib, no dates, saved byte-stable by :func:`gramlib.report.save_figure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gramlib.reference.audit import harmonic_mean
+from gramlib.tables import final_epoch
+
+
+def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean accuracy over datasets per (method, split, epoch, seed), then mean and std over seeds.
+
+    Figures 1b and 3a average the per-dataset accuracies of each epoch, as the paper's "averaged
+    few-shot performance per epoch". Only epochs evaluated for every dataset of a run count.
+    """
+    r = rows[rows["protocol"] == "base2new"]
+    if methods is not None:
+        r = r[r["method"].isin(methods)]
+    r = r[r["epoch"] > 0]
+    n_ds = r.groupby(["method", "seed"])["dataset"].nunique().rename("n_ds")
+    per = r.groupby(["method", "split", "epoch", "seed"]).agg(acc=("accuracy", "mean"), n=("dataset", "nunique"))
+    per = per.reset_index().join(n_ds, on=["method", "seed"])
+    per = per[per["n"] == per["n_ds"]]
+    out = per.groupby(["method", "split", "epoch"])["acc"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n_seeds"})
+
+
+def init_spread(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per initialisation (method label): dataset-averaged base, new and H at the last epoch."""
+    r = final_epoch(rows[rows["protocol"] == "base2new"])
+    per = r.pivot_table(index=["method", "seed", "dataset"], columns="split", values="accuracy").reset_index()
+    avg = per.groupby(["method", "seed"])[["base", "new"]].mean().reset_index()
+    avg["H"] = harmonic_mean(avg["base"], avg["new"])
+    return avg
+
+
+def plot_curves(curves: pd.DataFrame, methods: Sequence[str], splits: Sequence[str] = ("base", "new"),
+                title: str = "", colors: Mapping[str, str] | None = None):
+    """One panel per split: accuracy per epoch (mean over seeds, band = ± std)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.6), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        for m in methods:
+            c = curves[(curves["method"] == m) & (curves["split"] == split)].sort_values("epoch")
+            if c.empty:
+                continue
+            color = (colors or {}).get(m)
+            ls = "-" if "GRAM" in m else "--"
+            ax.plot(c["epoch"], c["mean"], ls, marker="o", ms=3, label=m, color=color)
+            if c["std"].notna().any():
+                ax.fill_between(c["epoch"], c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0),
+                                alpha=0.15, color=ax.lines[-1].get_color())
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{split}-class accuracy (%)")
+        ax.set_title(f"{split} classes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_init_spread(spread: pd.DataFrame, reference: str | None = None, metrics: Sequence[str] = ("base", "new", "H")):
+    """Figure 1a: each initialisation's dataset-averaged accuracy; the spread is the claim."""
+    import matplotlib.pyplot as plt
+
+    inits = [m for m in dict.fromkeys(spread["method"]) if m != reference]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        vals = [spread.loc[spread["method"] == m, metric].mean() for m in inits]
+        ax.bar(range(len(inits)), vals, color=["C0" if "random" not in m else "C1" for m in inits])
+        if reference is not None and (spread["method"] == reference).any():
+            ax.axhline(spread.loc[spread["method"] == reference, metric].mean(), color="C3", ls="--",
+                       label=f"{reference} (meta-learned θ*)")
+            ax.legend(fontsize=7, loc="lower right")
+        lo, hi = np.nanmin(vals), np.nanmax(vals)
+        pad = max(1.0, 0.6 * (hi - lo))
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xticks(range(len(inits)))
+        ax.set_xticklabels([m.replace("CoOp init ", "") for m in inits], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{metric}: spread {hi - lo:.1f} points")
+        ax.set_ylabel("accuracy (%)")
+    fig.suptitle("CoOp accuracy by prompt initialisation (average over datasets)")
+    fig.tight_layout()
+    return fig
+
+
+def grad_alignment(logs: Mapping[str, pd.DataFrame], window: int = 25) -> pd.DataFrame:
+    """Figure 3b data: per run and step, the smoothed cosine of R^φ(g_support) and g_query (eq. 12)."""
+    out = []
+    for name, df in logs.items():
+        d = df[["step", "grad_cosine", "grad_cosine_raw"]].copy()
+        d["regulated"] = d["grad_cosine"].rolling(window, min_periods=1).mean()
+        d["raw"] = d["grad_cosine_raw"].rolling(window, min_periods=1).mean()
+        d["run"] = name
+        out.append(d[["run", "step", "regulated", "raw"]])
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["run", "step", "regulated", "raw"])
+
+
+def plot_grad_alignment(curves: pd.DataFrame, runs: Sequence[str]):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, run in enumerate(runs):
+        c = curves[curves["run"] == run]
+        if c.empty:
+            continue
+        ax.plot(c["step"], c["regulated"], color=f"C{i}", label=f"{run}: cos(R^φ(g_s), g_q)")
+        ax.plot(c["step"], c["raw"], color=f"C{i}", ls=":", alpha=0.7, label=f"{run}: cos(g_s, g_q), raw")
+    ax.set_xlabel("meta-training step")
+    ax.set_ylabel("normalised inner product")
+    ax.set_title("support/query gradient alignment during meta-training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

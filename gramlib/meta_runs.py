@@ -1,0 +1,175 @@
+"""Every meta-training run a profile's tables need, trained once and kept while nothing changes.
+
+The suite's methods name their runs (``meta: coop_gram``, ``meta: unigram_no_regulator``, ...); a
+name ending in ``_pretrain`` is the "w/o meta-learning" ablation of the variant before it (prompt
+pre-training by classification, :mod:`gramlib.pretrain_prompts`). This module collects the runs the
+profile's experiments use, and trains each one whose *fingerprint* (its resolved configuration, the
+code of the method, the backbone and the CHC pairs) differs from the one stored beside a finished
+run. So a `dvc repro` after an edit retrains exactly the runs the edit touches, a killed stage resumes
+from each run's checkpoint, and no finished run is mistaken for a current one.
+
+CLI: ``python -m gramlib.meta_runs --profile mini [--workers 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import multiprocessing as mp
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gramlib.config import REPO, Profile, get_profile, load_params
+from gramlib.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_SUFFIX = "_pretrain"
+FINGERPRINT = "fingerprint.json"
+# the code a run's result depends on (a change retrains; comments count too: being safe is cheap here)
+CODE = ("gramlib/meta.py", "gramlib/regulator.py", "gramlib/tasks.py", "gramlib/meta_train.py",
+        "gramlib/meta_checkpoint.py", "gramlib/pretrain_prompts.py", "gramlib/train.py", "gramlib/prompts")
+
+
+def required_runs(profile_name: str, params: dict | None = None) -> list[str]:
+    """The meta runs used by the methods of the profile's experiments, in first-use order."""
+    from gramlib.suite import suite_config
+
+    cfg = suite_config(profile_name, load_params() if params is None else params)
+    names: list[str] = []
+    for exp in cfg.experiments.values():
+        for m in exp.methods:
+            meta = cfg.methods[m].meta
+            if meta is not None and meta not in names:
+                names.append(meta)
+    return names
+
+
+def _sha(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        files = sorted(p.rglob("*.py")) if p.is_dir() else [p]
+        for f in files:
+            if f.exists():
+                h.update(str(f.relative_to(REPO) if f.is_relative_to(REPO) else f.name).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_config(profile: Profile, name: str, params: dict | None = None) -> tuple[str, dict[str, Any]]:
+    """("meta" | "pretrain", resolved configuration) of a run name."""
+    from gramlib.meta_train import meta_params, meta_train_config
+    from gramlib.pretrain_prompts import PretrainConfig
+
+    params = load_params() if params is None else params
+    if name.endswith(PRETRAIN_SUFFIX):
+        base = meta_params(profile.name, name[: -len(PRETRAIN_SUFFIX)], params)
+        cfg = PretrainConfig.from_dict({"learner": base.get("learner", "coop"),
+                                        "learner_cfg": base.get("learner_cfg", {}),
+                                        "task_source": base.get("task_source", "chc"),
+                                        **(base.get("pretrain", {}) or {})})
+        return "pretrain", dataclasses.asdict(cfg)
+    return "meta", meta_train_config(profile.name, name, params).to_dict()
+
+
+def fingerprint(profile: Profile, name: str, params: dict | None = None) -> dict[str, Any]:
+    """What a run's result depends on: its configuration, the method's code and its inputs."""
+    from gramlib.clip.pretrain import backbone_dir
+
+    kind, cfg = run_config(profile, name, params)
+    inputs = [profile.artifacts / "chc" / "pairs.parquet"]
+    bdir = backbone_dir(profile)
+    if bdir.exists():
+        inputs += sorted(bdir.glob("*.safetensors"))
+    return {"name": name, "kind": kind, "config": cfg, "code": _sha([REPO / c for c in CODE]),
+            "inputs": _sha(inputs), "profile": profile.name}
+
+
+def is_current(profile: Profile, name: str, params: dict | None = None) -> bool:
+    out = profile.artifacts / "meta" / name
+    fp = out / FINGERPRINT
+    return ((out / "theta_star.safetensors").exists() and fp.exists()
+            and read_json(fp) == _jsonable(fingerprint(profile, name, params)))
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(d, default=str))
+
+
+def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[str, Any]:
+    """Train one run (resuming its checkpoint when the fingerprint still matches) and stamp it."""
+    from gramlib.meta_train import meta_train, meta_train_config
+    from gramlib.pretrain_prompts import PretrainConfig, pretrain_prompts
+
+    out = profile.artifacts / "meta" / name
+    fp = _jsonable(fingerprint(profile, name, params))
+    old = out / FINGERPRINT
+    if out.exists() and (not old.exists() or read_json(old) != fp):
+        # a stale or unstamped run (other config, code or inputs): its checkpoint must not be resumed
+        partial = (out / "fingerprint.partial.json")
+        if not (partial.exists() and read_json(partial) == fp):
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "fingerprint.partial.json", fp)  # marks a started run, so a kill resumes it
+    t0 = time.perf_counter()
+    if fp["kind"] == "pretrain":
+        summary = pretrain_prompts(profile, PretrainConfig.from_dict(fp["config"]), out)
+    else:
+        summary = meta_train(profile, meta_train_config(profile.name, name, params), out).summary
+    write_json(out / FINGERPRINT, fp)
+    (out / "fingerprint.partial.json").unlink(missing_ok=True)
+    return {"name": name, "seconds": round(time.perf_counter() - t0, 1),
+            **{k: summary.get(k) for k in ("train_s", "grad_cosine_start", "grad_cosine_end") if k in summary}}
+
+
+def _train_in_worker(profile: Profile, name: str) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING)
+    return train_run(profile, name)
+
+
+def ensure_runs(profile: Profile, names: Sequence[str] | None = None, workers: int = 1,
+                params: dict | None = None) -> list[dict[str, Any]]:
+    """Train every run in ``names`` (default: the profile's required runs) that is not current."""
+    names = list(names) if names is not None else required_runs(profile.name, params)
+    todo = [n for n in names if not is_current(profile, n, params)]
+    log.info("meta runs: %d needed, %d to train: %s", len(names), len(todo), todo)
+    if not todo:
+        return []
+    if workers <= 1 or len(todo) == 1:
+        return [train_run(profile, n, params) for n in todo]
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_train_in_worker, [profile] * len(todo), todo))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gramlib.meta_runs", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--runs", default=None, help="comma-separated run names (default: all the suite needs)")
+    ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: suite.workers)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params()
+    try:
+        prof = get_profile(a.profile or params.get("profile", "mini"))
+        from gramlib.suite import suite_config
+
+        workers = a.workers or suite_config(prof.name, params).workers
+        for r in ensure_runs(prof, a.runs.split(",") if a.runs else None, workers):
+            print(r, flush=True)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

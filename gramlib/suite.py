@@ -1,0 +1,425 @@
+"""The experiments behind Tables 1-7 and Figures 1 and 3: named methods x protocols x seeds.
+
+A *method* is a row label of the paper's tables (``CoOp``, ``CoOp+GRAM``, ``-gradient regulating``,
+...) mapped to how it is obtained (params.yaml ``suite.methods``):
+
+* ``learner`` (+ ``learner_opts``): a prompt learner tuned plainly from its default initialisation;
+* ``meta``: a meta-training run (``artifacts/<profile>/meta/<variant>``): the learner, its config
+  and the initialisation θ* come from that run, and the few-shot tuning uses the meta-learned
+  gradient regulator R^φ* (eq. 7 at test time), or the raw gradient for runs without one;
+* ``init_seed``: seeds the random prompt initialisation apart from the data seed (Figure 1a).
+
+An *experiment* (``suite.experiments``) is a protocol, a shot count, a list of methods, seeds and
+optional overrides (epochs, evaluation frequency). ``transfer`` trains once on the source dataset and
+evaluates on its shifted variants (rows labelled ``cross_domain``) and on every other dataset
+(``cross_dataset``): Tables 2 and 3 (or 4 and 5) come from the same runs, as in the paper.
+
+Units (method, seed, dataset) run in ``workers`` processes with one torch thread each; the rows of a
+finished unit are appended to the output CSV at once and its key to ``<out>.units.json``, so a
+killed run resumes where it stopped and loses one unit per worker at most.
+
+CLI::
+
+    python -m gramlib.suite --profile mini --experiment base2new --out artifacts/mini/suite/base2new.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gramlib.config import Profile, deep_merge, get_profile, load_params
+from gramlib.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SUITE_PROTOCOLS = ("base2new", "transfer")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How one table row is obtained: a plain learner, or a meta-training run's θ* and R^φ*."""
+
+    name: str
+    learner: str | None = None
+    learner_opts: dict[str, Any] = field(default_factory=dict)
+    meta: str | None = None
+    init_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.learner is None) == (self.meta is None):
+            raise ValueError(f"method {self.name!r}: give exactly one of 'learner' or 'meta'")
+        if self.meta is not None and self.learner_opts:
+            raise ValueError(f"method {self.name!r}: a meta method takes its learner config from the run")
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> MethodSpec:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - {"name"}
+        if unknown:
+            raise ValueError(f"suite.methods.{name}: unknown keys {sorted(unknown)}")
+        return cls(name=name, **dict(d))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One protocol at one shot count over named methods and seeds."""
+
+    name: str
+    protocol: str
+    shots: int
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int | None = None  # None: the learner's recipe (10)
+    eval_every: int | None = None  # None: the last epoch only
+    curves: tuple[str, ...] = ()  # methods evaluated every epoch (Figure 3a)
+    datasets: tuple[str, ...] | None = None  # base2new: default the profile's datasets
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SUITE_PROTOCOLS:
+            raise ValueError(f"experiment {self.name!r}: protocol must be one of {SUITE_PROTOCOLS}, got {self.protocol!r}")
+        if self.shots < 1:
+            raise ValueError(f"experiment {self.name!r}: shots must be >= 1, got {self.shots}")
+        if not self.methods or not self.seeds:
+            raise ValueError(f"experiment {self.name!r}: needs methods and seeds")
+        missing = set(self.curves) - set(self.methods)
+        if missing:
+            raise ValueError(f"experiment {self.name!r}: curves for methods not run: {sorted(missing)}")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    methods: dict[str, MethodSpec]
+    experiments: dict[str, Experiment]
+    train: dict[str, dict[str, Any]]  # per-learner TrainConfig overrides of this profile
+    workers: int = 2
+    tables: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table6/table7: rows in paper order
+
+    def experiment(self, name: str) -> Experiment:
+        if name not in self.experiments:
+            raise ValueError(f"unknown experiment {name!r}; known: {', '.join(self.experiments)}")
+        return self.experiments[name]
+
+
+def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequence[int] | None = None,
+                 shots: int | None = None) -> SuiteConfig:
+    """params.yaml ``suite`` merged with ``suite.profiles.<profile>``; ``seeds``/``shots`` override
+    every experiment that does not pin its own (the top-level ``seeds`` key by default)."""
+    params = load_params() if params is None else params
+    block = dict(params.get("suite") or {})
+    if not block:
+        raise ValueError("params.yaml has no 'suite' block")
+    block = deep_merge(block, (block.pop("profiles", {}) or {}).get(profile_name) or {})
+    methods = {n: MethodSpec.from_dict(n, d or {}) for n, d in (block.get("methods") or {}).items()}
+    default_seeds = tuple(seeds if seeds is not None else params.get("seeds", (1, 2, 3)))
+    tables = {k: tuple(v) for k, v in (block.get("tables") or {}).items()}
+    for t, rows in tables.items():
+        unknown = [m for m in rows if m not in methods]
+        if unknown:
+            raise ValueError(f"suite.tables.{t}: unknown methods {unknown}; define them in suite.methods")
+    exps = {}
+    for name, d in (block.get("experiments") or {}).items():
+        d = dict(d)
+        skip = set(d.pop("skip", []) or [])
+        listed = list(d.pop("methods"))
+        for t in d.pop("with_tables", []) or []:
+            if t not in tables:
+                raise ValueError(f"suite.experiments.{name}.with_tables: unknown table {t!r}; known: {sorted(tables)}")
+            listed += [m for m in tables[t] if m not in listed]
+        ms = tuple(m for m in listed if m not in skip)
+        unknown = [m for m in ms if m not in methods]
+        if unknown:
+            raise ValueError(f"suite.experiments.{name}: unknown methods {unknown}; define them in suite.methods")
+        pinned = d.pop("seeds", None)
+        exp_shots = d.pop("shots")
+        if shots is not None and d.pop("follow_shots", True):
+            exp_shots = shots
+        d.pop("follow_shots", None)
+        exps[name] = Experiment(name=name, methods=ms, seeds=tuple(pinned) if pinned else default_seeds,
+                                shots=int(exp_shots), curves=tuple(c for c in d.pop("curves", []) if c in ms),
+                                datasets=tuple(d.pop("datasets")) if d.get("datasets") else None,
+                                **{k: v for k, v in d.items() if k != "datasets"})
+    return SuiteConfig(methods, exps, dict(block.get("train") or {}), int(block.get("workers", 2)), tables)
+
+
+# ------------------------------------------------------------------------------------------------
+# units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run: a method, a data seed and (base2new) a dataset."""
+
+    experiment: str
+    protocol: str
+    method: str
+    seed: int
+    shots: int
+    dataset: str  # base2new: the dataset; transfer: the source
+
+    @property
+    def key(self) -> str:
+        return f"{self.protocol}|{self.method}|{self.seed}|{self.shots}|{self.dataset}"
+
+
+def units(profile: Profile, exp: Experiment) -> list[Unit]:
+    """Every (method, seed, dataset) of the experiment, seed-major."""
+    datasets = (exp.datasets or tuple(profile.datasets)) if exp.protocol == "base2new" else (profile.source,)
+    return [Unit(exp.name, exp.protocol, m, s, exp.shots, d) for s in exp.seeds for m in exp.methods for d in datasets]
+
+
+def meta_dir(profile: Profile, variant: str) -> Path:
+    return profile.artifacts / "meta" / variant
+
+
+def resolve(profile: Profile, spec: MethodSpec) -> tuple[str, dict[str, Any], dict | None, Callable | None]:
+    """(learner name, learner options, θ init or None, gradient hook or None) of a method."""
+    if spec.meta is None:
+        return spec.learner, dict(spec.learner_opts), None, None
+    from gramlib.meta_train import load_meta_result, regulator_hook
+
+    res = load_meta_result(meta_dir(profile, spec.meta))
+    return res.cfg.learner, dict(res.cfg.learner_cfg), res.theta, regulator_hook(res.phi, res.regulator)
+
+
+def _label_transfer(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
+    """Split a transfer unit's rows into the cross-domain and cross-dataset views (source in both)."""
+    variants = set(profile.variants)
+    out = []
+    for r in rows:
+        if r["dataset"] == profile.source:
+            out += [{**r, "protocol": "cross_domain"}, {**r, "protocol": "cross_dataset"}]
+        else:
+            out.append({**r, "protocol": "cross_domain" if r["dataset"] in variants else "cross_dataset"})
+    return out
+
+
+def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> list[dict[str, Any]]:
+    """Train and evaluate one unit in this process; returns its tidy rows (gramlib.protocols.COLUMNS)."""
+    from gramlib.data.coop import load_dataset, subsample_dataset
+    from gramlib.protocols import ProtocolConfig, Target, _fewshot, run_unit
+
+    prof = env.profile
+    exp = cfg.experiment(unit.experiment)
+    spec = cfg.methods[unit.method]
+    learner, opts, theta0, hook = resolve(prof, spec)
+    train = dict(cfg.train.get(learner) or {})
+    if exp.epochs is not None:
+        train["epochs"] = exp.epochs
+    epochs = train.get("epochs", 10)
+    train["eval_every"] = 1 if unit.method in exp.curves else (exp.eval_every or epochs)
+    fs = _fewshot(env, unit.dataset, unit.shots, unit.seed)
+    if unit.protocol == "base2new":
+        train_set = subsample_dataset(fs, "base")
+        new = subsample_dataset(fs, "new")
+        targets = [Target(unit.dataset, "base", train_set.test, train_set.classnames),
+                   Target(unit.dataset, "new", new.test, new.classnames)]
+    else:
+        train_set = fs
+        targets = [Target(prof.source, "test", fs.test, fs.classnames)]
+        others = list(prof.variants) + [d for d in prof.datasets if d != prof.source]
+        for name in others:
+            ds = load_dataset(env.coop_root, name)
+            targets.append(Target(name, "test", ds.test, ds.classnames))
+    pcfg = ProtocolConfig("base2new" if unit.protocol == "base2new" else "cross_domain", (learner,),
+                          (unit.seed,), (unit.shots,), learner_opts={learner: opts})
+    rows = run_unit(env, unit.protocol, unit.method, unit.seed, unit.shots,
+                    None if learner == "zeroshot" else train_set, targets, pcfg, hook,
+                    learner_name=learner, theta_init=theta0, init_seed=spec.init_seed, train_overrides=train)
+    return _label_transfer(rows, prof) if unit.protocol == "transfer" else rows
+
+
+# ------------------------------------------------------------------------------------------------
+# parallel execution with resume
+
+_ENV: Any = None
+
+
+def _worker_init(profile: Profile, threads: int) -> None:
+    import torch
+
+    global _ENV
+    torch.set_num_threads(threads)
+    from gramlib.protocols import load_env
+
+    _ENV = load_env(profile)
+
+
+def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]], float]:
+    t0 = time.perf_counter()
+    rows = run_suite_unit(_ENV, cfg, unit)
+    return unit, rows, time.perf_counter() - t0
+
+
+def done_path(out: Path) -> Path:
+    return out.with_name(out.name + ".units.json")
+
+
+def read_done(out: Path) -> set[str]:
+    p = done_path(out)
+    if not (out.exists() and p.exists()):
+        return set()
+    return set(read_json(p).get("done", []))
+
+
+def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.PathLike, *,
+                   workers: int | None = None, threads: int = 1,
+                   progress: Callable[[str], None] | None = print) -> pd.DataFrame:
+    """Run every unit of experiment ``name`` not yet in ``out``; returns all rows of ``out``."""
+    from gramlib.protocols import COLUMNS, append_rows
+
+    exp = cfg.experiment(name)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(out)
+    if not done and out.exists():
+        out.unlink()  # rows without a units file are from an unknown run: start over
+    todo = [u for u in units(profile, exp) if u.key not in done]
+    for m in {u.method for u in todo}:  # fail before any training when a meta run is missing
+        if cfg.methods[m].meta is not None:
+            d = meta_dir(profile, cfg.methods[m].meta)
+            if not (d / "theta_star.safetensors").exists():
+                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d} (stage meta_train@{cfg.methods[m].meta})")
+    n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
+    say = progress or (lambda s: None)
+    say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")
+
+    def record(unit: Unit, rows: list[dict[str, Any]], secs: float) -> None:
+        append_rows(out, rows)
+        done.add(unit.key)
+        write_json(done_path(out), {"experiment": name, "done": sorted(done)})
+        last = max(r["epoch"] for r in rows)
+        seen: dict[str, float] = {}
+        for r in rows:
+            if r["epoch"] == last:
+                seen[f"{r['dataset']}/{r['split']}"] = r["accuracy"]
+        accs = ", ".join(f"{k}={v:.1f}" for k, v in seen.items())
+        say(f"  {time.strftime('%H:%M:%S')} {unit.method} seed={unit.seed} {unit.dataset} ({secs:.1f}s): {accs[:160]}")
+
+    if n_workers == 1:
+        _worker_init(profile, threads)
+        for u in todo:
+            record(*_worker_run(cfg, u))
+    else:
+        ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(profile, threads)) as pool:
+            pending = {pool.submit(_worker_run, cfg, u) for u in todo}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    record(*f.result())  # a failed unit raises here; finished units are kept
+    if not out.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(out)
+
+
+def results_path(profile: Profile, exp: Experiment, default: Experiment | None = None) -> Path:
+    """Where an experiment's rows live: the DVC stage's CSV, or a suffixed one for other seeds/shots."""
+    base = profile.artifacts / "suite"
+    if default is None or (exp.seeds == default.seeds and exp.shots == default.shots):
+        return base / f"{exp.name}.csv"
+    seeds = "-".join(str(s) for s in exp.seeds)
+    return base / f"{exp.name}_{exp.shots}shot_seeds{seeds}.csv"
+
+
+def unit_runtime(rows: pd.DataFrame) -> float:
+    """Training seconds behind ``rows``: per unit, its runtime at the last epoch (zero-shot: eval time).
+
+    A base-to-new unit is one dataset; a transfer unit is one source training whose rows appear under
+    both cross_domain and cross_dataset, so it is counted once (from its cross_domain rows).
+    """
+    if rows.empty:
+        return 0.0
+    b2n = rows[rows["protocol"] == "base2new"]
+    xd = rows[rows["protocol"] == "cross_domain"]
+    t = b2n.groupby(["method", "seed", "shots", "dataset"])["runtime_s"].max().sum()
+    t += xd.groupby(["method", "seed", "shots"])["runtime_s"].max().sum()
+    return float(t)
+
+
+def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] | None = None,
+                    shots: int | None = None, run: bool = False, workers: int | None = None,
+                    params: dict | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows of one experiment and their provenance stamp, for the table and figure notebooks.
+
+    With the default seeds and shots this reads the DVC stage's CSV (``run=True`` first runs any
+    missing unit); other seeds or shots (Papermill ``-p seeds``/``-p shots``) go to their own CSV
+    and are run when ``run`` is true.
+    """
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    params = load_params() if params is None else params
+    default = suite_config(prof.name, params).experiment(name)
+    cfg = suite_config(prof.name, params, seeds=seeds, shots=shots)
+    exp = cfg.experiment(name)
+    if seeds is not None and default.seeds != tuple(seeds) and len(default.seeds) == 1:
+        exp = dataclasses.replace(exp, seeds=default.seeds)  # a pinned single seed (Figure 1a) stays
+    path = results_path(prof, exp, default)
+    complete = read_done(path) >= {u.key for u in units(prof, exp)}
+    if run and not complete:
+        run_experiment(prof, dataclasses.replace(cfg, experiments={**cfg.experiments, name: exp}), name, path,
+                       workers=workers)
+    elif not complete:
+        hint = (f"dvc repro suite@{name}" if path == results_path(prof, exp)
+                else f"run=True (python -m gramlib.suite --experiment {name} with these seeds/shots)")
+        raise FileNotFoundError(f"{path}: the experiment {name!r} has not (fully) run; use {hint}")
+    rows = pd.read_csv(path)
+    commits = sorted(set(rows["git_commit"].astype(str)))
+    from gramlib.report import git_commit
+
+    g = git_commit()
+    stamp = {"profile": prof.name, "experiment": name, "protocol": exp.protocol, "seeds": list(exp.seeds),
+             "shots": exp.shots, "methods": list(exp.methods), "epochs": exp.epochs,
+             "results": str(path.relative_to(prof.artifacts.parent.parent)) if path.is_relative_to(prof.artifacts.parent.parent) else str(path),
+             "result_commits": commits, "commit": g["commit"], "dirty": g["dirty"],
+             "runtime_s": round(unit_runtime(rows), 1),
+             "suite_params": {"train": cfg.train, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
+    return rows, stamp
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gramlib.suite", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--experiment", required=True, action="append",
+                    help="an experiment of params.yaml suite.experiments (repeatable)")
+    ap.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")
+    ap.add_argument("--seeds", default=None, help="comma-separated; default: params.yaml seeds")
+    ap.add_argument("--shots", type=int, default=None, help="override the shots of experiments that follow it")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    params = load_params()
+    name = args.profile or params.get("profile", "mini")
+    try:
+        prof = get_profile(name)
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+        cfg = suite_config(name, params, seeds=seeds, shots=args.shots)
+        out_dir = Path(args.out_dir) if args.out_dir else prof.artifacts / "suite"
+        for exp in args.experiment:
+            t0 = time.perf_counter()
+            run_experiment(prof, cfg, exp, out_dir / f"{exp}.csv", workers=args.workers, threads=args.threads,
+                           progress=lambda s: print(s, flush=True))
+            print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+__all__ = ["Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "resolve", "results_path",
+           "run_experiment", "run_suite_unit", "suite_config", "unit_runtime", "units"]

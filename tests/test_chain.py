@@ -1,0 +1,117 @@
+"""The whole `dvc repro` chain on the smoke profile, in a copy of the working tree (issue 6).
+
+This is the user's main job at smoke size: world, tiny-CLIP pre-training, CHC, nine meta-training
+runs, prompt pre-training, the five suite experiments and every notebook through Papermill. It checks
+that every report file of the mini profile's chain is produced, that a second `dvc repro` has nothing
+to do, and that a failing notebook cell fails the stage loudly while keeping the failed notebook and
+every other stage's outputs. Several minutes on 2 cores: the most expensive test of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gramlib.config import REPO
+
+TABLES = ["table1_base_to_new", "table2_cross_domain", "table3_cross_dataset", "table4_cross_domain_4shot",
+          "table5_cross_dataset_4shot", "table6_ablations", "table7_prompt_tokens"]
+FIGURES = ["figure1a_init_spread", "figure1b_overfitting", "figure3a_accuracy_per_epoch",
+           "figure3b_gradient_alignment"]
+
+
+def _tree_files(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and (repo / f).is_file()]
+
+
+def _dvc(copy: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("GRAMLIB_DATA_ROOT", None)
+    env.pop("GRAMLIB_ARTIFACTS_ROOT", None)
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=copy, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """A copy of the working tree set to the smoke profile with one seed, after a full `dvc repro`."""
+    copy = tmp_path_factory.mktemp("chain") / "repo"
+    for f in _tree_files(REPO):
+        if f.startswith(("reports/", "notes/", "benchmarks/results/")):
+            continue  # the chain must produce its reports itself
+        (copy / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, copy / f)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["seeds"] = [1]
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (copy / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke chain"]):
+        subprocess.run(cmd, cwd=copy, check=True, capture_output=True)
+    _dvc(copy, "config", "core.analytics", "false")
+    _dvc(copy, "repro")
+    return copy
+
+
+def test_repro_produces_every_table_figure_and_the_index(chain):
+    import pandas as pd
+
+    reports = chain / "reports"
+    for stem in TABLES:
+        df = pd.read_csv(reports / "tables" / f"{stem}.csv")
+        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds"], stem
+        assert len(df) > 0 and (df["n_seeds"] == 1).all(), stem
+        assert df["mean"].between(0, 100).all(), stem
+        md = (reports / "tables" / f"{stem}.md").read_text()
+        assert "The paper's Table" in md
+        assert yaml.safe_load((reports / "tables" / f"{stem}.provenance.json").read_text())["profile"] == "smoke"
+    t1 = pd.read_csv(reports / "tables" / "table1_base_to_new.csv")
+    assert {"CLIP", "CoOp", "CoCoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "VPT+GRAM"} <= set(t1["method"])
+    assert set(pd.read_csv(reports / "tables" / "table7_prompt_tokens.csv")["method"]) == {
+        f"UNIGRAM ({n} tokens)" for n in (2, 4, 6, 8)}
+    for stem in FIGURES:
+        png = reports / "figures" / f"{stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, stem
+        assert (reports / "figures" / f"{stem}.provenance.json").exists()
+    index = (reports / "README.md").read_text()
+    for stem in TABLES:
+        assert f"tables/{stem}.md" in index
+    for stem in FIGURES:
+        assert f"figures/{stem}.png" in index
+    for nb in (chain / "notebooks").glob("*.ipynb"):
+        assert (chain / "artifacts" / ("smoke" if nb.name != "30_paper_audit.ipynb" else "") / "notebooks" / nb.name).exists(), nb.name
+
+
+def test_second_repro_does_nothing(chain):
+    status = _dvc(chain, "status").stdout
+    assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def test_failing_cell_fails_the_stage_and_keeps_everything_else(chain):
+    import nbformat
+
+    nb_path = chain / "notebooks" / "16_table7_prompt_tokens.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('deliberate failure')"))
+    nbformat.write(nb, nb_path)
+    other = chain / "reports" / "tables" / "table1_base_to_new.csv"
+    before = other.read_bytes()
+    res = _dvc(chain, "repro", "table7_nb", check=False)
+    assert res.returncode != 0
+    assert "deliberate failure" in (res.stdout + res.stderr)
+    failed = chain / "artifacts" / "smoke" / "notebooks" / "16_table7_prompt_tokens.ipynb"
+    assert "deliberate failure" in failed.read_text()  # the failed notebook is kept for reading
+    assert other.read_bytes() == before
+    assert (chain / "artifacts" / "smoke" / "suite" / "base2new.csv").exists()

@@ -1,0 +1,259 @@
+"""The experiment suite (gramlib.suite), the meta-run registry (gramlib.meta_runs), the table and
+figure helpers and the reports index: configuration rules, resume, and numbers checked by hand."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gramlib.config import load_params
+from gramlib.figures import epoch_curves, grad_alignment, init_spread
+from gramlib.report_index import build_index
+from gramlib.suite import (Experiment, MethodSpec, Unit, _label_transfer, run_experiment, suite_config,
+                           unit_runtime, units)
+from gramlib.tables import TABLE_COLUMNS, describe_check, direction_check, save_table
+
+
+@pytest.fixture
+def params():
+    return copy.deepcopy(load_params())
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+
+
+def test_tables_rows_join_the_base2new_experiment(params):
+    cfg = suite_config("mini", params)
+    b2n = cfg.experiment("base2new")
+    for t in ("table6", "table7"):
+        assert set(cfg.tables[t]) <= set(b2n.methods)
+    assert len(b2n.methods) == len(set(b2n.methods))  # rows shared by tables are run once
+    # the mini profile hosts the ablations on CoOp+GRAM, the paper profile on UNIGRAM (as the paper)
+    assert cfg.tables["table6"][0] == "CoOp+GRAM"
+    assert suite_config("paper", params).tables["table6"][0] == "UNIGRAM"
+    assert "CoCoOp" not in cfg.experiment("transfer16").methods
+    assert "CoCoOp" in suite_config("paper", params).experiment("transfer16").methods
+
+
+def test_seed_and_shot_overrides(params):
+    cfg = suite_config("mini", params, seeds=[4, 5], shots=8)
+    assert cfg.experiment("base2new").seeds == (4, 5) and cfg.experiment("base2new").shots == 8
+    assert cfg.experiment("transfer4").shots == 4  # follow_shots: false
+    assert cfg.experiment("init_spread").seeds == (1,)  # pinned
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: p["suite"]["experiments"]["base2new"]["methods"].append("NoSuchMethod"), "unknown methods"),
+    (lambda p: p["suite"]["tables"].update(table6=["Nope"]), "suite.tables.table6"),
+    (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "meta": "coop_gram"}), "exactly one"),
+    (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "lr": 1}), "unknown keys"),
+    (lambda p: p["suite"]["experiments"]["overfit"].update(protocol="sideways"), "protocol must be"),
+])
+def test_bad_configuration_is_a_clear_error(params, mutate, message):
+    mutate(params)
+    with pytest.raises(ValueError, match=message):
+        suite_config("paper", params)  # no profile overrides hide the base settings
+
+
+def test_units_and_transfer_labels(smoke):
+    exp = Experiment("x", "base2new", 4, ("CoOp", "CLIP"), (1, 2))
+    us = units(smoke, exp)
+    assert len(us) == 2 * 2 * len(smoke.datasets) and len({u.key for u in us}) == len(us)
+    t = units(smoke, Experiment("t", "transfer", 4, ("CoOp",), (1,)))
+    assert [u.dataset for u in t] == [smoke.source]
+    rows = [{"dataset": d, "accuracy": 1.0} for d in [smoke.source, smoke.variants[0], smoke.datasets[1]]]
+    labelled = _label_transfer(rows, smoke)
+    assert [(r["dataset"], r["protocol"]) for r in labelled] == [
+        (smoke.source, "cross_domain"), (smoke.source, "cross_dataset"),
+        (smoke.variants[0], "cross_domain"), (smoke.datasets[1], "cross_dataset")]
+
+
+def test_unit_runtime_counts_each_training_once():
+    rows = pd.DataFrame([
+        # a base-to-new unit per dataset: runtime at its last epoch
+        {"protocol": "base2new", "method": "CoOp", "seed": 1, "shots": 16, "dataset": "a", "runtime_s": 1.0},
+        {"protocol": "base2new", "method": "CoOp", "seed": 1, "shots": 16, "dataset": "a", "runtime_s": 3.0},
+        {"protocol": "base2new", "method": "CoOp", "seed": 1, "shots": 16, "dataset": "b", "runtime_s": 2.0},
+        # one transfer unit seen under both views and several targets
+        *[{"protocol": p, "method": "VPT", "seed": 1, "shots": 4, "dataset": d, "runtime_s": 5.0}
+          for p in ("cross_domain", "cross_dataset") for d in ("s", "t")],
+    ])
+    assert unit_runtime(rows) == pytest.approx(3.0 + 2.0 + 5.0)
+
+
+# ---- running, resuming ----------------------------------------------------------------------------
+
+
+def test_run_resumes_without_rerunning_finished_units(smoke, tmp_path, params):
+    cfg = suite_config("smoke", params)
+    exp = Experiment("tiny", "base2new", 2, ("CLIP", "CoOp"), (1,), epochs=2, datasets=(smoke.datasets[1],))
+    cfg = dataclasses.replace(cfg, experiments={"tiny": exp})
+    out = tmp_path / "tiny.csv"
+    calls = []
+    rows = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    assert set(rows["method"]) == {"CLIP", "CoOp"} and set(rows["split"]) == {"base", "new"}
+    assert rows[rows["method"] == "CoOp"]["epoch"].max() == 2
+    first = out.read_bytes()
+    calls.clear()
+    again = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    assert "0 units to run (2 done)" in calls[0] and out.read_bytes() == first
+    assert len(again) == len(rows)
+    # a CSV without its units file is from an unknown run: it is discarded, not trusted
+    (tmp_path / "tiny.csv.units.json").unlink()
+    calls.clear()
+    run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    assert "2 units to run (0 done)" in calls[0]
+
+
+def test_missing_meta_run_fails_before_training(smoke, tmp_path, params):
+    cfg = suite_config("smoke", params)
+    cfg = dataclasses.replace(cfg, methods={**cfg.methods, "Ghost": MethodSpec("Ghost", meta="no_such_run")},
+                              experiments={"g": Experiment("g", "base2new", 2, ("Ghost",), (1,))})
+    with pytest.raises(FileNotFoundError, match="no_such_run"):
+        run_experiment(smoke, cfg, "g", tmp_path / "g.csv", workers=1, progress=None)
+
+
+# ---- meta runs ---------------------------------------------------------------------------------------
+
+
+def test_required_runs_follow_the_tables(params):
+    from gramlib.meta_runs import required_runs
+
+    mini = required_runs("mini", params)
+    assert {"coop_gram", "vpt_gram", "unigram", "coop_gram_pretrain", "coop_no_regulator"} <= set(mini)
+    assert not any(r.startswith("unigram_") for r in mini)
+    paper = required_runs("paper", params)
+    assert {"unigram_pretrain", "unigram_no_regulator", "unigram_tokens_8"} <= set(paper)
+
+
+def test_fingerprint_tracks_config_and_a_finished_run_is_current(smoke, params, monkeypatch, tmp_path):
+    from gramlib import meta_runs
+
+    # a changed setting of the run changes the fingerprint; an unrelated variant's does not
+    a = meta_runs.fingerprint(smoke, "coop_gram", params)
+    p2 = copy.deepcopy(params)
+    p2["meta"]["meta"]["lr_theta"] = 0.5
+    assert meta_runs.fingerprint(smoke, "coop_gram", p2)["config"] != a["config"]
+    p3 = copy.deepcopy(params)
+    p3["meta"]["variants"]["vpt_gram"]["learner_cfg"]["n_tokens"] = 7
+    assert meta_runs.fingerprint(smoke, "coop_gram", p3) == a
+    assert meta_runs.fingerprint(smoke, "coop_gram_pretrain", params)["kind"] == "pretrain"
+
+
+def test_train_run_then_current_then_stale(smoke, params, tmp_path):
+    from gramlib import meta_runs
+
+    prof = dataclasses.replace(smoke, artifacts_root=str(tmp_path / "art"))
+    # the CHC pairs the runs read: copy the truth-derived pairs so this test needs no CHC stage
+    from gramlib.tasks import truth_pairs
+
+    (prof.artifacts / "chc").mkdir(parents=True)
+    truth_pairs(pd.read_parquet(prof.root / "cc3m_truth.parquet")).to_parquet(prof.artifacts / "chc" / "pairs.parquet")
+    import shutil
+
+    from gramlib.clip.pretrain import backbone_dir
+
+    shutil.copytree(backbone_dir(smoke), backbone_dir(prof))
+    p = copy.deepcopy(params)
+    p["meta"]["profiles"]["smoke"]["steps"] = 3
+    assert not meta_runs.is_current(prof, "coop_gram", p)
+    info = meta_runs.train_run(prof, "coop_gram", p)
+    assert info["name"] == "coop_gram" and meta_runs.is_current(prof, "coop_gram", p)
+    assert meta_runs.ensure_runs(prof, ["coop_gram"], params=p) == []  # nothing to do
+    p["meta"]["profiles"]["smoke"]["steps"] = 4
+    assert not meta_runs.is_current(prof, "coop_gram", p)
+
+
+# ---- tables, figures, index ----------------------------------------------------------------------------
+
+
+def _b2n_table(rows):
+    return pd.DataFrame([{"dataset": "Average", "method": m, "metric": k, "mean": v, "std": 0.1, "n_seeds": 3}
+                         for m, d in rows.items() for k, v in d.items()], columns=TABLE_COLUMNS)
+
+
+def test_direction_check_against_the_papers_table1():
+    # paper Table 1 averages: CoOp new 73.11 -> CoOp+GRAM 74.93 (+1.82); VPT H 72.43 -> 74.12 (+1.69)
+    ours = _b2n_table({"CoOp": {"new": 70.0}, "CoOp+GRAM": {"new": 69.0}, "VPT": {"new": 60.0},
+                       "VPT+GRAM": {"new": 61.5}})
+    check = direction_check(ours, 1, ["new"])
+    got = check.set_index("pair")
+    assert got.loc["CoOp+GRAM − CoOp", "ours"] == pytest.approx(-1.0)
+    assert got.loc["CoOp+GRAM − CoOp", "paper"] == pytest.approx(74.93 - 73.11)
+    assert got.loc["CoOp+GRAM − CoOp", "same_direction"] is False or not got.loc["CoOp+GRAM − CoOp", "same_direction"]
+    assert got.loc["VPT+GRAM − VPT", "paper"] == pytest.approx(74.21 - 72.34)
+    assert bool(got.loc["VPT+GRAM − VPT", "same_direction"])
+    assert "1 of 2" in describe_check(check)
+
+
+def test_direction_check_maps_rows_to_the_papers_names():
+    # Table 6: -gradient regulating new 74.79 vs UNIGRAM 75.92 (-1.13)
+    ours = _b2n_table({"Host": {"new": 50.0}, "Host -reg": {"new": 49.0}})
+    check = direction_check(ours, 6, ["new"], pairs=(("Host", "Host -reg"),),
+                            paper_names={"Host": "UNIGRAM", "Host -reg": "-gradient regulating"})
+    assert check["paper"].iloc[0] == pytest.approx(74.79 - 75.92)
+    assert check["paper_pair"].iloc[0] == "-gradient regulating − UNIGRAM"
+    assert bool(check["same_direction"].iloc[0])
+
+
+def test_epoch_curves_and_init_spread_by_hand():
+    rows = []
+    for seed, shift in ((1, 0.0), (2, 2.0)):
+        for ds, base in (("a", 50.0), ("b", 70.0)):
+            for epoch in (1, 2):
+                for split, off in (("base", 0.0), ("new", -10.0)):
+                    rows.append({"protocol": "base2new", "method": "M", "seed": seed, "shots": 16, "dataset": ds, "epoch": epoch,
+                                 "split": split, "accuracy": base + off + shift + epoch})
+    df = pd.DataFrame(rows)
+    c = epoch_curves(df).set_index(["split", "epoch"])
+    # epoch 2, new: seed 1 mean over datasets (42+62)/2 = 52, seed 2 = 54 -> mean 53, std sqrt(2)
+    assert c.loc[("new", 2), "mean"] == pytest.approx(53.0)
+    assert c.loc[("new", 2), "std"] == pytest.approx(np.sqrt(2.0))
+    assert c.loc[("new", 2), "n_seeds"] == 2
+    s = init_spread(df).set_index("seed")
+    # last epoch, seed 1: base (52+72)/2 = 62, new 52, H = 2*62*52/114
+    assert s.loc[1, "base"] == pytest.approx(62.0) and s.loc[1, "new"] == pytest.approx(52.0)
+    assert s.loc[1, "H"] == pytest.approx(2 * 62 * 52 / 114)
+
+
+def test_grad_alignment_smooths_each_run():
+    log = pd.DataFrame({"step": [1, 2, 3], "grad_cosine": [0.0, 0.3, 0.6], "grad_cosine_raw": [0.1, 0.1, 0.1]})
+    out = grad_alignment({"r": log}, window=2)
+    assert out["regulated"].tolist() == pytest.approx([0.0, 0.15, 0.45])
+    assert out["raw"].tolist() == pytest.approx([0.1, 0.1, 0.1])
+
+
+def test_save_table_and_index(tmp_path):
+    table = _b2n_table({"CoOp": {"base": 70.0, "new": 60.0, "H": 64.6}})
+    stamp = {"profile": "mini", "commit": "abcdef1234567", "dirty": False, "seeds": [1, 2, 3], "shots": 16,
+             "experiment": "base2new", "runtime_s": 12.3, "title": "Table 1: base-to-new",
+             "headline": "Average H: CoOp 64.60"}
+    paths = save_table(table, 1, "base_to_new", tmp_path, "| ours |\n", stamp)
+    assert pd.read_csv(paths["csv"]).columns.tolist() == TABLE_COLUMNS
+    md = paths["md"].read_text()
+    assert "| ours |" in md and "The paper's Table 1" in md and "77.58" in md  # the paper: CoOp, Average, base
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "figure1b_overfitting.provenance.json").write_text(
+        json.dumps({"profile": "mini", "commit": "0123456789abc", "seeds": [1, 2, 3], "title": "Figure 1b"}))
+    index = build_index(tmp_path)
+    assert "tables/table1_base_to_new.md" in index and "figures/figure1b_overfitting.png" in index
+    assert "abcdef1234" in index and "seeds [1, 2, 3]" in index and "Average H: CoOp 64.60" in index
+    with pytest.raises(ValueError, match="missing columns"):
+        save_table(table.drop(columns="std"), 1, "x", tmp_path, "", stamp)
+
+
+def test_experiment_rows_refuses_an_unrun_experiment(smoke, tmp_path, params):
+    from gramlib.suite import experiment_rows
+
+    prof = dataclasses.replace(smoke, artifacts_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="has not .*run"):
+        experiment_rows(prof, "overfit", params=params)
+
+
+def test_unit_key_is_stable():
+    assert Unit("e", "base2new", "CoOp+GRAM", 2, 16, "mini_glyphs").key == "base2new|CoOp+GRAM|2|16|mini_glyphs"
