@@ -42,7 +42,8 @@ GradTransform = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 EvalFn = Callable[[PromptLearner, dict[str, Tensor], int], Mapping[str, float]]
 
 # Per-learner batch size and learning rate (CoOp: bs 32, lr 2e-3; CoCoOp: bs 1, lr 2e-3; VPT/IVLP-style
-# prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP configs). Zero-shot has no θ and never trains.
+# prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP configs; MaPLe and RESTORE: bs 4, lr 3.5e-3 on ViT-B/16,
+# MaPLe's recipe, which RESTORE §4.1 keeps). Zero-shot has no θ and never trains.
 LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "zeroshot": {"batch_size": 32, "lr": 0.0},
     "coop": {"batch_size": 32, "lr": 0.002},
@@ -50,6 +51,9 @@ LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "vpt": {"batch_size": 4, "lr": 0.0035},
     "vpt_deep": {"batch_size": 4, "lr": 0.0035},
     "joint": {"batch_size": 4, "lr": 0.0035},
+    "ivlp": {"batch_size": 4, "lr": 0.0035},
+    "maple": {"batch_size": 4, "lr": 0.0035},
+    "restore": {"batch_size": 4, "lr": 0.0035},
 }
 
 
@@ -117,10 +121,17 @@ def _autocast(device: torch.device, precision: str):
 
 def loss_fn(learner: PromptLearner, theta: Mapping[str, Tensor], inputs: Tensor, labels: Tensor,
             data: TrainData, device: torch.device, precision: str) -> Tensor:
-    """Cross-entropy of the learner's logits (eq. 1) on one batch."""
+    """Cross-entropy of the learner's logits (eq. 1) on one batch, plus the learner's auxiliary loss.
+
+    The auxiliary loss is the hook for regularised learners (``PromptLearner.logits_and_aux_loss``;
+    RESTORE's λ_fs·L_fs, its eq. 10); learners without one return None and the loss is the
+    cross-entropy alone, as before.
+    """
     with _autocast(device, precision):
-        logits = learner.logits(dict(theta), inputs.to(device), data.classnames, text_features=data.text_features)
-    return F.cross_entropy(logits.float(), labels.to(device))
+        logits, aux = learner.logits_and_aux_loss(dict(theta), inputs.to(device), data.classnames,
+                                                  text_features=data.text_features)
+    loss = F.cross_entropy(logits.float(), labels.to(device))
+    return loss if aux is None else loss + aux.float()
 
 
 # ------------------------------------------------------------------------------------------------

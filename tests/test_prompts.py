@@ -243,7 +243,7 @@ def test_bf16_autocast_cpu(tiny, images):
 def test_registry_errors(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="coop.*vpt_deep|known"):
-        build_learner("maple", model, tok)
+        build_learner("no_such_learner", model, tok)
     with pytest.raises(ValueError, match="n_ctxx"):
         build_learner("coop", model, tok, n_ctxx=4)
 

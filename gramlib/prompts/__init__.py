@@ -8,7 +8,9 @@
 from gramlib.prompts.base import PromptLearner, Theta
 from gramlib.prompts.cocoop import CoCoOp, CoCoOpConfig
 from gramlib.prompts.coop import CoOp, CoOpConfig
+from gramlib.prompts.ivlp import IVLP, IVLPConfig
 from gramlib.prompts.joint import JointConfig, JointPrompt
+from gramlib.prompts.maple import MaPLe, MaPLeConfig
 from gramlib.prompts.registry import LEARNERS, build_learner, learner_config
 from gramlib.prompts.vpt import VPT, VPTConfig
 from gramlib.prompts.zeroshot import ZeroShotCLIP, ZeroShotConfig
@@ -19,8 +21,12 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "IVLP",
+    "IVLPConfig",
     "JointConfig",
     "JointPrompt",
+    "MaPLe",
+    "MaPLeConfig",
     "PromptLearner",
     "Theta",
     "VPT",

@@ -1,30 +1,33 @@
-"""One interface for every prompt learner, plus the pure CLIP forward pieces they share.
+"""One interface for every prompt learner, plus the small CLIP pieces they share.
 
 GRAM is model-agnostic (§3.3): θ "can represent the parameters of any type of prompt". A learner
 therefore exposes θ as a flat dict of 2-D tensors and computes everything as a *pure* function of an
 explicitly passed θ, so the meta-learner can run the inner step (eq. 7) on a copy θ' = θ - α R^φ(g)
 and differentiate the query loss through it (eqs. 8-10) without cloning modules.
 
-The CLIP forward is re-implemented here only where prompts must be spliced in; it follows open_clip's
-``CLIP.encode_text`` and ``VisionTransformer.forward`` (open_clip 3.x) line for line, and calls the
-frozen sub-modules (``visual.conv1``, ``transformer``, ``ln_*``, ...) so that a replaced patch
-embedding (the mini profile's convolutional stem) works unchanged.
+The CLIP forward is re-implemented only where prompts must be spliced in, in
+:mod:`gramlib.prompts.towers` (re-exported here: ``TextTower``, ``encode_text_embeddings``,
+``encode_image_with_prompts``, ``differentiable_attention``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from gramlib.data.coop import clean_classname  # CoOp: "_" -> space (one rule for loaders and prompts)
+from gramlib.prompts.towers import (  # the frozen towers live in towers.py; re-exported here
+    TextPrompts,
+    TextTower,
+    differentiable_attention,
+    encode_image_with_prompts,
+    encode_text_embeddings,
+)
 
 Theta = dict[str, Tensor]
 """Prompt parameters θ: name -> 2-D tensor (e.g. (M, d) context vectors)."""
@@ -62,142 +65,6 @@ def check_fits(tokenizer: object, text: str, classname: str, n_prompt: int, cont
 # --------------------------------------------------------------------------------------------------
 # frozen CLIP pieces (pure functions of their inputs)
 # --------------------------------------------------------------------------------------------------
-
-
-def _in_functorch_transform() -> bool:
-    return torch._C._functorch.peek_interpreter_stack() is not None
-
-
-@contextmanager
-def differentiable_attention() -> Iterator[None]:
-    """Keep ``nn.MultiheadAttention`` off its fused inference fast path while differentiating.
-
-    With frozen weights, the fast path (``torch._native_multi_head_attention``) is taken whenever no
-    *autograd* input requires grad, which is the case inside ``torch.func.grad``/``vmap``: there it
-    has no batching rule (vmap over tasks fails with an internal assert) and it bypasses the SDPA
-    backend chosen for second-order gradients. Plain ``torch.no_grad`` inference keeps the fast path.
-    """
-    if not (torch.is_grad_enabled() or _in_functorch_transform()):
-        yield
-        return
-    prev = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(prev)
-
-
-@dataclass(frozen=True)
-class TextTower:
-    """The text-side modules of an open_clip model (``CLIP`` keeps them flat, ``CustomTextCLIP``
-    under ``.text``), resolved once so the forward below reads like open_clip's."""
-
-    token_embedding: nn.Embedding
-    positional_embedding: Tensor
-    transformer: nn.Module
-    ln_final: nn.Module
-    text_projection: Tensor | nn.Module | None
-    attn_mask: Tensor | None
-    pool_type: str
-    eos_id: int | None
-
-    @property
-    def width(self) -> int:
-        return int(self.token_embedding.weight.shape[1])
-
-    @property
-    def context_length(self) -> int:
-        return int(self.positional_embedding.shape[0])
-
-    @staticmethod
-    def of(clip_model: nn.Module) -> TextTower:
-        m = getattr(clip_model, "text", None)
-        if m is not None:  # CustomTextCLIP -> TextTransformer
-            if getattr(m, "cls_emb", None) is not None or not hasattr(m, "token_embedding"):
-                raise NotImplementedError("prompt learners need a CLIP-style causal text tower")
-            pool, eos = m.pool_type, getattr(m, "eos_id", None)
-        else:
-            m = clip_model
-            pool, eos = m.text_pool_type, getattr(m, "text_eos_id", None)
-        return TextTower(
-            token_embedding=m.token_embedding,
-            positional_embedding=m.positional_embedding,
-            transformer=m.transformer,
-            ln_final=m.ln_final,
-            text_projection=m.text_projection,
-            attn_mask=m.attn_mask,
-            pool_type=pool,
-            eos_id=eos,
-        )
-
-
-def encode_text_embeddings(tower: TextTower, x: Tensor, tokens: Tensor) -> Tensor:
-    """Text features (N, D), unnormalised, from token *embeddings* x (N, L, d).
-
-    Same as open_clip ``CLIP.encode_text`` after its ``token_embedding`` lookup; ``tokens`` (N, L)
-    are only used for pooling (argmax-EOT / EOS), so learned vectors may replace any embedding.
-    """
-    cast = tower.transformer.get_cast_dtype()
-    x = x.to(cast) + tower.positional_embedding[: x.shape[1]].to(cast)
-    mask = tower.attn_mask
-    if mask is not None:
-        mask = mask[: x.shape[1], : x.shape[1]]
-    with differentiable_attention():
-        x = tower.transformer(x, attn_mask=mask)
-    x = tower.ln_final(x)
-    x = text_global_pool(x, tokens, tower.pool_type, eos_token_id=tower.eos_id)
-    proj = tower.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, nn.Module) else x @ proj
-    return x
-
-
-def encode_image_with_prompts(
-    visual: nn.Module, images: Tensor, prompts: Sequence[Tensor] = ()
-) -> Tensor:
-    """Image features (B, D), unnormalised, with visual prompt tokens (VPT).
-
-    Follows open_clip ``VisionTransformer.forward``. ``prompts[0]`` (M, width) is appended after the
-    patch tokens before ``ln_pre`` (shallow VPT); ``prompts[i]`` for i ≥ 1 *replaces* the previous
-    layer's prompt tokens at the input of block i (deep VPT). Prompt outputs are dropped before
-    pooling, so 'tok' and 'avg' pooling see only the class and patch tokens. With no prompts this is
-    exactly ``visual(images)``.
-    """
-    if not hasattr(visual, "class_embedding"):
-        raise TypeError("visual prompts need an open_clip VisionTransformer image tower")
-    blocks = list(visual.transformer.resblocks)
-    if len(prompts) > len(blocks):
-        raise ValueError(f"{len(prompts)} prompt layers but the image tower has {len(blocks)} blocks")
-    x = visual.conv1(images)  # (B, width, grid, grid)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # (B, grid**2, width)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + visual.positional_embedding.to(x.dtype)
-    x = visual.patch_dropout(x)
-    n_keep = x.shape[1]
-    if len(prompts) > 0:
-        p0 = prompts[0].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        x = torch.cat([x, p0], dim=1)
-    x = visual.ln_pre(x)
-    batch_first = getattr(visual.transformer, "batch_first", True)
-    with differentiable_attention():
-        for i, blk in enumerate(blocks):
-            if 0 < i < len(prompts):
-                pi = prompts[i].to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-                x = torch.cat([x[:, :n_keep], pi], dim=1)
-            if batch_first:
-                x = blk(x)
-            else:
-                x = blk(x.transpose(0, 1)).transpose(0, 1)
-    x = x[:, :n_keep]
-    if hasattr(visual, "_pool"):
-        pooled, _ = visual._pool(x)
-    else:  # pragma: no cover - older open_clip
-        pooled = visual.ln_post(x[:, 0])
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return pooled
 
 
 def clip_logits(clip_model: nn.Module, image_features: Tensor, text_features: Tensor) -> Tensor:
@@ -314,6 +181,17 @@ class PromptLearner(nn.Module):
         """Normalised image features (B, D) under θ."""
         raise NotImplementedError
 
+    # ---- what θ splices into each tower (feature shift, RESTORE eq. 6) ------------------------------
+    def text_prompts(self, theta: Theta, classnames: Sequence[str], images: Tensor | None = None) -> TextPrompts:
+        """The text tower's input under θ (prompt slots, deep prompts), for learners whose θ touches
+        the text tower (``caches_text_features`` False); ``images`` only for image-conditioned text."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its text prompts")
+
+    def vision_prompts(self, theta: Theta) -> list[Tensor]:
+        """The visual prompt tokens per layer under θ (:func:`gramlib.prompts.towers.vision_forward`'s
+        convention), for learners whose θ touches the image tower (``caches_image_features`` False)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its visual prompts")
+
     def _image_features(self, theta: Theta, image_input: Tensor) -> Tensor:
         if image_input.dim() == 2:
             if not self.caches_image_features:
@@ -340,6 +218,22 @@ class PromptLearner(nn.Module):
         elif not self.caches_text_features:
             raise ValueError(f"{type(self).__name__} cannot reuse text features: θ changes them")
         return clip_logits(self.clip, img, text_features)
+
+    def logits_and_aux_loss(
+        self,
+        theta: Theta,
+        image_input: Tensor,
+        classnames: Sequence[str],
+        text_features: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, C) and an auxiliary training loss (scalar) or None.
+
+        The training hook: ``gramlib.train.loss_fn`` adds the auxiliary loss to the cross-entropy
+        (e.g. RESTORE's λ_fs·L_fs, eq. 10). One method rather than a separate ``auxiliary_loss`` so a
+        learner whose regulariser comes out of the same forward pass runs that pass once. Default:
+        no auxiliary loss.
+        """
+        return self.logits(theta, image_input, classnames, text_features=text_features), None
 
     def forward(self, images: Tensor, classnames: Sequence[str]) -> Tensor:
         """Logits (B, C) with the learner's own θ."""
@@ -370,6 +264,7 @@ def frozen_encode_image(clip_model: nn.Module, images: Tensor) -> Tensor:
 __all__ = [
     "PromptLearner",
     "Theta",
+    "TextPrompts",
     "TextTower",
     "check_fits",
     "clean_classname",

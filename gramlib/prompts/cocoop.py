@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gramlib.prompts.base import TextTower, Theta, clip_logits, frozen_encode_image
+from gramlib.prompts.base import TextPrompts, TextTower, Theta, clip_logits, frozen_encode_image
 from gramlib.prompts.coop import TextContextLearner
 
 
@@ -75,6 +75,15 @@ class CoCoOp(TextContextLearner):
 
     def encode_image(self, theta: Theta, images: Tensor) -> Tensor:
         return frozen_encode_image(self.clip, images)
+
+    def text_prompts(self, theta: Theta, classnames: Sequence[str], images: Tensor | None = None) -> TextPrompts:
+        """One sequence per (image, class): the context t_m + π(x) of each image (B·C sequences)."""
+        if images is None:
+            raise ValueError("CoCoOp text prompts are conditioned on the image: pass images")
+        img = frozen_encode_image(self.clip, images)
+        ctx = theta["ctx"].unsqueeze(0) + meta_net(theta, img.to(theta["meta_w1"].dtype)).unsqueeze(1)
+        x, tokens = self.context_embeddings(ctx.to(theta["ctx"].dtype), classnames)
+        return TextPrompts(x, tokens, self.plan.n_ctx)
 
     def logits(
         self,

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from gramlib.prompts.base import (
     PromptLearner,
+    TextPrompts,
     TextTower,
     Theta,
     clean_classname,
@@ -114,8 +115,9 @@ class TextContextLearner(PromptLearner):
         head = " ".join([PLACEHOLDER] * self.plan.n_ctx + ([self.plan.fixed_text] if self.plan.fixed_text else []))
         return [f"{head} {clean_classname(c)}." for c in classnames]
 
-    def context_text_features(self, ctx: Tensor, classnames: Sequence[str]) -> Tensor:
-        """Normalised text features for context ``ctx``: (M, d) -> (C, D); (B, M, d) -> (B, C, D)."""
+    def context_embeddings(self, ctx: Tensor, classnames: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token embeddings with ``ctx`` in slots 1..M and their token ids: (M, d) -> (C, L, d), (C, L);
+        (B, M, d) -> (B·C, L, d), (B·C, L) (image-major)."""
         tower = TextTower.of(self.clip)
         tokens = self.tokenize(classnames).to(tower.token_embedding.weight.device)
         emb = tower.token_embedding(tokens)  # (C, L, d), frozen
@@ -124,8 +126,7 @@ class TextContextLearner(PromptLearner):
         n_cls = emb.shape[0]
         ctx = ctx.to(emb.dtype)
         if ctx.dim() == 2:
-            x = torch.cat([prefix, ctx.unsqueeze(0).expand(n_cls, -1, -1), suffix], dim=1)
-            return F.normalize(encode_text_embeddings(tower, x, tokens), dim=-1)
+            return torch.cat([prefix, ctx.unsqueeze(0).expand(n_cls, -1, -1), suffix], dim=1), tokens
         b = ctx.shape[0]
         x = torch.cat(
             [
@@ -135,8 +136,18 @@ class TextContextLearner(PromptLearner):
             ],
             dim=2,
         ).reshape(b * n_cls, emb.shape[1], emb.shape[2])
-        feats = encode_text_embeddings(tower, x, tokens.repeat(b, 1))
-        return F.normalize(feats, dim=-1).reshape(b, n_cls, -1)
+        return x, tokens.repeat(b, 1)
+
+    def context_text_features(self, ctx: Tensor, classnames: Sequence[str]) -> Tensor:
+        """Normalised text features for context ``ctx``: (M, d) -> (C, D); (B, M, d) -> (B, C, D)."""
+        x, tokens = self.context_embeddings(ctx, classnames)
+        feats = F.normalize(encode_text_embeddings(TextTower.of(self.clip), x, tokens), dim=-1)
+        return feats if ctx.dim() == 2 else feats.reshape(ctx.shape[0], len(classnames), -1)
+
+    def text_prompts(self, theta: Theta, classnames: Sequence[str], images: Tensor | None = None) -> TextPrompts:
+        """θ["ctx"] in the slots after the start token (shallow: no deep text prompts)."""
+        x, tokens = self.context_embeddings(theta["ctx"], classnames)
+        return TextPrompts(x, tokens, self.plan.n_ctx)
 
 
 class CoOp(TextContextLearner):

@@ -11,9 +11,12 @@ from torch import nn
 from gramlib.prompts.base import PromptLearner
 from gramlib.prompts.cocoop import CoCoOp, CoCoOpConfig
 from gramlib.prompts.coop import CoOp, CoOpConfig
+from gramlib.prompts.ivlp import IVLP, IVLPConfig
 from gramlib.prompts.joint import JointConfig, JointPrompt
+from gramlib.prompts.maple import MaPLe, MaPLeConfig
 from gramlib.prompts.vpt import VPT, VPTConfig
 from gramlib.prompts.zeroshot import ZeroShotCLIP, ZeroShotConfig
+from gramlib.restore.learner import Restore, RestoreConfig  # gramlib.restore imports gramlib.prompts first
 
 # name -> (learner class, config class, defaults that differ from the config's own)
 LEARNERS: dict[str, tuple[Callable[..., PromptLearner], type, dict[str, Any]]] = {
@@ -23,6 +26,9 @@ LEARNERS: dict[str, tuple[Callable[..., PromptLearner], type, dict[str, Any]]] =
     "vpt": (VPT, VPTConfig, {"depth": 1}),
     "vpt_deep": (VPT, VPTConfig, {"depth": None}),
     "joint": (JointPrompt, JointConfig, {}),
+    "ivlp": (IVLP, IVLPConfig, {}),
+    "maple": (MaPLe, MaPLeConfig, {}),
+    "restore": (Restore, RestoreConfig, {}),
 }
 
 

@@ -80,5 +80,8 @@ class VPT(TemplateText, PromptLearner):
     def encode_image(self, theta: Theta, images: Tensor) -> Tensor:
         return F.normalize(encode_image_with_prompts(self.clip.visual, images, visual_prompts(theta)), dim=-1)
 
+    def vision_prompts(self, theta: Theta) -> list[Tensor]:
+        return visual_prompts(theta)
+
 
 __all__ = ["VPT", "VPTConfig", "init_visual_prompts", "visual_prompts"]
