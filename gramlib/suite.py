@@ -290,7 +290,7 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
         if cfg.methods[m].meta is not None:
             d = meta_dir(profile, cfg.methods[m].meta)
             if not (d / "theta_star.safetensors").exists():
-                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d} (stage meta_train@{cfg.methods[m].meta})")
+                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (python -m gramlib.meta_runs)")
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     say = progress or (lambda s: None)
     say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")

@@ -115,3 +115,20 @@ def test_failing_cell_fails_the_stage_and_keeps_everything_else(chain):
     assert "deliberate failure" in failed.read_text()  # the failed notebook is kept for reading
     assert other.read_bytes() == before
     assert (chain / "artifacts" / "smoke" / "suite" / "base2new.csv").exists()
+
+
+def test_papermill_new_shot_count_runs_its_own_experiment(chain, tmp_path):
+    """`papermill -p shots 1 -p run True` (README): trains the missing units into a separate CSV and
+    writes the table to the given reports folder, leaving the DVC stage's results alone."""
+    env = dict(os.environ, PYTHONPATH=str(chain), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    stage_csv = chain / "artifacts" / "smoke" / "suite" / "base2new.csv"
+    before = stage_csv.read_bytes()
+    res = subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--cwd", "notebooks",
+                          "notebooks/10_table1_base_to_new.ipynb", str(tmp_path / "t1.ipynb"), "-p", "shots", "1",
+                          "-p", "run", "True", "-p", "profile", "smoke", "-p", "reports_dir", str(tmp_path / "reports")],
+                         cwd=chain, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (chain / "artifacts" / "smoke" / "suite" / "base2new_1shot_seeds1.csv").exists()
+    assert stage_csv.read_bytes() == before
+    prov = yaml.safe_load((tmp_path / "reports" / "tables" / "table1_base_to_new.provenance.json").read_text())
+    assert prov["shots"] == 1 and "1 shots" in prov["title"]
