@@ -205,7 +205,7 @@ def test_params_yaml_variants():
     assert meta_train_config("mini", "unigram_tokens_8").learner_cfg == {"n_ctx": 4, "n_vis": 4}
     assert meta_train_config("mini", "coop_tokens_6").learner_cfg == {"n_ctx": 6, "ctx_init": None}
     # a profile's own settings for one variant come last: the mini image-side runs are cheaper
-    assert meta_train_config("mini", "unigram").steps == 200 and meta_train_config("paper", "unigram").steps == 400
+    assert meta_train_config("mini", "unigram").steps == 150 and meta_train_config("paper", "unigram").steps == 400
     assert meta_train_config("mini", "unigram").meta.meta_batch == 2
     assert meta_train_config("mini", "coop_gram").meta.meta_batch == 4
     with pytest.raises(ValueError, match="unknown meta-training variant"):
