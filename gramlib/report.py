@@ -15,10 +15,15 @@ from gramlib.io import atomic_path, write_json
 
 
 def git_commit(repo: Path = REPO) -> dict[str, Any]:
-    """The commit the code came from, and whether the tree had uncommitted changes."""
+    """The commit the code came from, and whether the tree had uncommitted changes.
+
+    ``dvc.lock`` and ``reports/`` are what a `dvc repro` itself rewrites while it runs, so changes
+    there do not make the code "dirty"; any other tracked change does.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                     ":(exclude)dvc.lock", ":(exclude)reports"], cwd=repo,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return {"commit": sha, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):
