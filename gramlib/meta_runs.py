@@ -65,17 +65,12 @@ def _sha(paths: Sequence[Path]) -> str:
 
 def run_config(profile: Profile, name: str, params: dict | None = None) -> tuple[str, dict[str, Any]]:
     """("meta" | "pretrain", resolved configuration) of a run name."""
-    from gramlib.meta_train import meta_params, meta_train_config
-    from gramlib.pretrain_prompts import PretrainConfig
+    from gramlib.meta_train import meta_train_config
+    from gramlib.pretrain_prompts import pretrain_config
 
     params = load_params() if params is None else params
     if name.endswith(PRETRAIN_SUFFIX):
-        base = meta_params(profile.name, name[: -len(PRETRAIN_SUFFIX)], params)
-        cfg = PretrainConfig.from_dict({"learner": base.get("learner", "coop"),
-                                        "learner_cfg": base.get("learner_cfg", {}),
-                                        "task_source": base.get("task_source", "chc"),
-                                        **(base.get("pretrain", {}) or {})})
-        return "pretrain", dataclasses.asdict(cfg)
+        return "pretrain", dataclasses.asdict(pretrain_config(profile.name, name[: -len(PRETRAIN_SUFFIX)], params))
     return "meta", meta_train_config(profile.name, name, params).to_dict()
 
 
@@ -96,7 +91,12 @@ def is_current(profile: Profile, name: str, params: dict | None = None) -> bool:
     out = profile.artifacts / "meta" / name
     fp = out / FINGERPRINT
     return ((out / "theta_star.safetensors").exists() and fp.exists()
-            and read_json(fp) == _jsonable(fingerprint(profile, name, params)))
+            and read_json(fp) == current_fingerprint(profile, name, params))
+
+
+def current_fingerprint(profile: Profile, name: str, params: dict | None = None) -> dict[str, Any]:
+    """The fingerprint as stored on disk (JSON types)."""
+    return _jsonable(fingerprint(profile, name, params))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[s
     from gramlib.pretrain_prompts import PretrainConfig, pretrain_prompts
 
     out = profile.artifacts / "meta" / name
-    fp = _jsonable(fingerprint(profile, name, params))
+    fp = current_fingerprint(profile, name, params)
     old = out / FINGERPRINT
     if out.exists() and (not old.exists() or read_json(old) != fp):
         # a stale or unstamped run (other config, code or inputs): its checkpoint must not be resumed

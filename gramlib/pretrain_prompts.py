@@ -107,6 +107,13 @@ def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str |
     return summary
 
 
+def pretrain_config(profile_name: str, variant: str | None = None, params: dict | None = None) -> PretrainConfig:
+    """The ablation of a meta-training variant: its learner and task source, ``meta.pretrain``'s recipe."""
+    base = meta_params(profile_name, variant, params)
+    return PretrainConfig.from_dict({"learner": base.get("learner", "coop"), "learner_cfg": base.get("learner_cfg", {}),
+                                     "task_source": base.get("task_source", "chc"), **(base.get("pretrain", {}) or {})})
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="prompt pre-training by classification (w/o meta-learning)")
     ap.add_argument("--profile", default=None)
@@ -117,10 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     name = a.profile or load_params().get("profile", "mini")
     prof = get_profile(name)
-    base = meta_params(name, a.variant)
-    block = base.get("pretrain", {}) or {}
-    cfg = PretrainConfig.from_dict({"learner": base.get("learner", "coop"), "learner_cfg": base.get("learner_cfg", {}),
-                                    "task_source": base.get("task_source", "chc"), **block})
+    cfg = pretrain_config(name, a.variant)
     out = Path(a.out) if a.out else prof.artifacts / "meta" / (f"{a.variant}_pretrain" if a.variant else "no_meta")
     print(pretrain_prompts(prof, cfg, out)["history"][-1])
 

@@ -58,29 +58,19 @@ def build_index(reports: str | Path) -> str:
              "each line gives the profile, the git commit, the seeds and the experiment behind it. "
              "Numbers are accuracy in percent, mean ± std over seeds. The paper's own tables are printed "
              "under ours in each `.md` file for reference.", ""]
-    tables = sorted((reports / "tables").glob("table*.provenance.json"), key=_sort_key)
-    lines += ["## Tables", ""]
-    if not tables:
-        lines += ["(none yet)", ""]
-    for p in tables:
-        stem = p.name.removesuffix(".provenance.json")
-        stamp = read_json(p)
-        lines += [f"### {stamp.get('title', stem)}", "",
-                  f"[`tables/{stem}.md`](tables/{stem}.md) · [`tables/{stem}.csv`](tables/{stem}.csv)  ",
-                  _stamp_line(stamp), ""]
-        if stamp.get("headline"):
-            lines += [str(stamp["headline"]), ""]
-    figures = sorted((reports / "figures").glob("figure*.provenance.json"), key=_sort_key)
-    lines += ["## Figures", ""]
-    if not figures:
-        lines += ["(none yet)", ""]
-    for p in figures:
-        stem = p.name.removesuffix(".provenance.json")
-        stamp = read_json(p)
-        lines += [f"### {stamp.get('title', stem)}", "", f"![{stem}](figures/{stem}.png)", "",
-                  _stamp_line(stamp), ""]
-        if stamp.get("headline"):
-            lines += [str(stamp["headline"]), ""]
+    for kind, link in (("tables", lambda stem: f"[`tables/{stem}.md`](tables/{stem}.md) · "
+                                                f"[`tables/{stem}.csv`](tables/{stem}.csv)  "),
+                       ("figures", lambda stem: f"![{stem}](figures/{stem}.png)\n")):
+        stamps = sorted((reports / kind).glob(f"{kind[:-1]}*.provenance.json"), key=_sort_key)
+        lines += [f"## {kind.capitalize()}", ""]
+        if not stamps:
+            lines += ["(none yet)", ""]
+        for p in stamps:
+            stem = p.name.removesuffix(".provenance.json")
+            stamp = read_json(p)
+            lines += [f"### {stamp.get('title', stem)}", "", link(stem), _stamp_line(stamp), ""]
+            if stamp.get("headline"):
+                lines += [str(stamp["headline"]), ""]
     lines += ["## Other reports", ""]
     for rel, what in OTHER_REPORTS:
         if (reports / rel).exists():

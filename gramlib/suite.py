@@ -32,7 +32,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,10 +142,9 @@ def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequen
         if unknown:
             raise ValueError(f"suite.experiments.{name}: unknown methods {unknown}; define them in suite.methods")
         pinned = d.pop("seeds", None)
-        exp_shots = d.pop("shots")
-        if shots is not None and d.pop("follow_shots", True):
-            exp_shots = shots
-        d.pop("follow_shots", None)
+        follows = d.pop("follow_shots", True)  # false: --shots / -p shots does not move this experiment
+        exp_shots = shots if shots is not None and follows else d.pop("shots")
+        d.pop("shots", None)
         exps[name] = Experiment(name=name, methods=ms, seeds=tuple(pinned) if pinned else default_seeds,
                                 shots=int(exp_shots), curves=tuple(c for c in d.pop("curves", []) if c in ms),
                                 datasets=tuple(d.pop("datasets")) if d.get("datasets") else None,

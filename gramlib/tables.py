@@ -138,11 +138,7 @@ GRAM_PAIRS = (("CoOp", "CoOp+GRAM"), ("VPT", "VPT+GRAM"))
 
 def gram_deltas(table: pd.DataFrame, metric: str, dataset: str = "Average",
                 pairs: tuple[tuple[str, str], ...] = GRAM_PAIRS) -> pd.DataFrame:
-    """(base method, +GRAM method, ours: delta, paper: delta, same sign) for one metric and dataset.
-
-    The paper's delta comes from ``paper_tables.csv`` when ``table`` is paired with a paper table
-    through :func:`direction_check`; here both columns are filled by the caller.
-    """
+    """``b − a`` of each pair (a, b) present in ``table`` for one metric and dataset."""
     sub = table[(table["dataset"] == dataset) & (table["metric"] == metric)].set_index("method")["mean"]
     out = []
     for a, b in pairs:
@@ -168,9 +164,7 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     for metric in metrics:
         mine = gram_deltas(ours, metric, dataset, pairs).set_index("pair")["delta"]
         mapped = tuple((names.get(a, a), names.get(b, b)) for a, b in pairs)
-        theirs = gram_deltas(ref, metric, paper_dataset, mapped)
-        theirs = dict(zip([f"{b} − {a}" for a, b in mapped], [np.nan] * len(mapped))) | \
-            theirs.set_index("pair")["delta"].to_dict()
+        theirs = gram_deltas(ref, metric, paper_dataset, mapped).set_index("pair")["delta"].to_dict()
         for (a, b), (pa, pb) in zip(pairs, mapped):
             pair = f"{b} − {a}"
             if pair not in mine.index:
