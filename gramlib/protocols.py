@@ -159,13 +159,15 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
              targets: Sequence[Target], pcfg: ProtocolConfig,
              grad_transform: GradTransform | None = None, *, learner_name: str | None = None,
              theta_init: dict[str, torch.Tensor] | None = None, init_seed: int | None = None,
-             train_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             train_overrides: dict[str, Any] | None = None,
+             on_final: Callable[[PromptLearner, dict[str, torch.Tensor]], None] | None = None) -> list[dict[str, Any]]:
     """Train ``method`` on ``train_set`` (skipped for zero-shot) and evaluate it on every target.
 
     ``method`` is the row label; the learner is ``learner_name`` (default: ``method``) with
     ``pcfg.learner_opts[method]``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*),
     ``init_seed`` seeds the random initialisation apart from the data ``seed`` (Figure 1a), and
-    ``train_overrides`` update the TrainConfig after ``pcfg.train``.
+    ``train_overrides`` update the TrainConfig after ``pcfg.train``; ``on_final(learner, θ)`` sees the
+    final prompts (e.g. to measure their feature shift) before they are dropped.
     Returns tidy rows: one per target and evaluated epoch (zero-shot: epoch 0 only).
     """
     torch.manual_seed(seed if init_seed is None else init_seed)  # random prompt / meta-net initialisation
@@ -195,6 +197,8 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         rows = rows_at(theta, 0, 0.0)
         for r in rows:
             r["runtime_s"] = time.perf_counter() - t0
+        if on_final is not None:
+            on_final(learner, theta)
         return rows
 
     check_classnames(learner, train_set.classnames, train_set.name)
@@ -215,7 +219,9 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
     ckpt = None
     if pcfg.ckpt_root:
         ckpt = Path(pcfg.ckpt_root) / protocol / train_set.name / method / f"shots{shots}_seed{seed}"
-    train_prompt(learner, data, cfg, grad_transform=grad_transform, eval_fn=eval_fn, ckpt_dir=ckpt)
+    result = train_prompt(learner, data, cfg, grad_transform=grad_transform, eval_fn=eval_fn, ckpt_dir=ckpt)
+    if on_final is not None:
+        on_final(learner, {k: v.detach() for k, v in result.theta.items()})
     return rows
 
 
@@ -272,14 +278,15 @@ def run_protocol(env: Env, pcfg: ProtocolConfig, out: str | os.PathLike | None =
     return pd.DataFrame(all_rows, columns=COLUMNS)
 
 
-def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> Path:
     """Append tidy rows to a CSV atomically; an existing file with other columns raises."""
     path = Path(path)
-    new = pd.DataFrame(list(rows), columns=COLUMNS)
+    columns = list(columns)
+    new = pd.DataFrame(list(rows), columns=columns)
     if path.exists() and path.stat().st_size > 0:
         old = pd.read_csv(path)
-        if list(old.columns) != COLUMNS:
-            raise ValueError(f"{path}: columns {list(old.columns)} differ from {COLUMNS}; write to a new file")
+        if list(old.columns) != columns:
+            raise ValueError(f"{path}: columns {list(old.columns)} differ from {columns}; write to a new file")
         new = pd.concat([old, new], ignore_index=True)
     with atomic_path(path) as tmp:
         new.to_csv(tmp, index=False, float_format="%.4f")

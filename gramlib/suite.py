@@ -85,6 +85,8 @@ class Experiment:
     eval_every: int | None = None  # None: the last epoch only
     curves: tuple[str, ...] = ()  # methods evaluated every epoch (Figure 3a)
     datasets: tuple[str, ...] | None = None  # base2new: default the profile's datasets
+    feature_shift: bool = False  # measure each unit's final feature shift (RESTORE eq. 6) on the new split
+    shift_images: int = 64  # images of the new split's test set that the measurement uses
 
     def __post_init__(self) -> None:
         if self.protocol not in SUITE_PROTOCOLS:
@@ -96,6 +98,10 @@ class Experiment:
         missing = set(self.curves) - set(self.methods)
         if missing:
             raise ValueError(f"experiment {self.name!r}: curves for methods not run: {sorted(missing)}")
+        if self.feature_shift and self.protocol != "base2new":
+            raise ValueError(f"experiment {self.name!r}: feature_shift is measured on base2new's new split only")
+        if self.shift_images < 1:
+            raise ValueError(f"experiment {self.name!r}: shift_images must be >= 1, got {self.shift_images}")
 
 
 @dataclass(frozen=True)
@@ -204,8 +210,41 @@ def _label_transfer(rows: list[dict[str, Any]], profile: Profile) -> list[dict[s
     return out
 
 
-def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> list[dict[str, Any]]:
-    """Train and evaluate one unit in this process; returns its tidy rows (gramlib.protocols.COLUMNS)."""
+SHIFT_COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer", "norm",
+                 "n_images", "n_classes", "profile", "git_commit"]
+
+
+def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> Callable[[Any, dict], None] | tuple:
+    """A ``run_unit`` ``on_final`` hook and the list it fills: per-layer ‖Ω_l‖_F (RESTORE eq. 6) of the
+    final prompts, on ``n_images`` evenly spaced test images of ``target`` and all its class names."""
+    import numpy as np
+    import torch
+
+    from gramlib.clip.features import eval_transform
+    from gramlib.data.transforms import load_image
+    from gramlib.restore import feature_shift_norms
+
+    out: list[dict[str, Any]] = []
+    items = target.data
+    idx = sorted({int(i) for i in np.linspace(0, len(items) - 1, min(n_images, len(items)))})
+
+    def hook(learner: Any, theta: dict) -> None:
+        tf = eval_transform(env.backbone)
+        images = torch.stack([tf(load_image(items[i].impath)) for i in idx]).to(learner.device)
+        with torch.no_grad():
+            norms = feature_shift_norms(learner, theta, images, target.classnames)
+        base = {"protocol": unit.protocol, "dataset": unit.dataset, "method": unit.method, "seed": unit.seed,
+                "shots": unit.shots, "split": target.split, "n_images": len(idx),
+                "n_classes": len(target.classnames), "profile": env.profile.name, "git_commit": env.commit}
+        for tower, v in norms.items():
+            out.extend({**base, "tower": tower, "layer": i, "norm": float(x)} for i, x in enumerate(v.tolist()))
+
+    return hook, out
+
+
+def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and evaluate one unit in this process; returns its tidy rows (gramlib.protocols.COLUMNS)
+    and, for experiments with ``feature_shift``, its feature-shift rows (SHIFT_COLUMNS)."""
     from gramlib.data.coop import load_dataset, subsample_dataset
     from gramlib.protocols import ProtocolConfig, Target, _fewshot, run_unit
 
@@ -216,7 +255,9 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> list[dict[str, Any
     train = dict(cfg.train.get(learner) or {})
     if exp.epochs is not None:
         train["epochs"] = exp.epochs
-    epochs = train.get("epochs", 10)
+    from gramlib.train import TrainConfig
+
+    epochs = train.get("epochs") or TrainConfig.for_learner(learner).epochs
     train["eval_every"] = 1 if unit.method in exp.curves else (exp.eval_every or epochs)
     fs = _fewshot(env, unit.dataset, unit.shots, unit.seed)
     if unit.protocol == "base2new":
@@ -233,10 +274,12 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> list[dict[str, Any
             targets.append(Target(name, "test", ds.test, ds.classnames))
     pcfg = ProtocolConfig("base2new" if unit.protocol == "base2new" else "cross_domain", (learner,),
                           (unit.seed,), (unit.shots,), learner_opts={learner: opts})
+    on_final, shifts = shift_rows(env, unit, targets[1], exp.shift_images) if exp.feature_shift else (None, [])
     rows = run_unit(env, unit.protocol, unit.method, unit.seed, unit.shots,
                     None if learner == "zeroshot" else train_set, targets, pcfg, hook,
-                    learner_name=learner, theta_init=theta0, init_seed=spec.init_seed, train_overrides=train)
-    return _label_transfer(rows, prof) if unit.protocol == "transfer" else rows
+                    learner_name=learner, theta_init=theta0, init_seed=spec.init_seed, train_overrides=train,
+                    on_final=on_final)
+    return (_label_transfer(rows, prof) if unit.protocol == "transfer" else rows), shifts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,14 +298,54 @@ def _worker_init(profile: Profile, threads: int) -> None:
     _ENV = load_env(profile)
 
 
-def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]], float]:
+def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]], list[dict[str, Any]], float]:
     t0 = time.perf_counter()
-    rows = run_suite_unit(_ENV, cfg, unit)
-    return unit, rows, time.perf_counter() - t0
+    rows, shifts = run_suite_unit(_ENV, cfg, unit)
+    return unit, rows, shifts, time.perf_counter() - t0
+
+
+# relative CPU cost of one unit by learner (mini profile, measured): image-side learners run the image
+# tower every step; CoOp-type learners tune on cached image features
+_UNIT_COST = {"zeroshot": 0.05, "coop": 1.0, "cocoop": 20.0, "vpt": 4.0, "vpt_deep": 4.0, "joint": 4.0,
+              "ivlp": 4.0, "maple": 4.0, "restore": 6.0}
+
+
+def longest_first(todo: list[Unit], cfg: SuiteConfig, params: dict | None = None) -> list[Unit]:
+    """Units ordered by expected cost, largest first (stable): with a pool of workers the last unit
+    to finish is a short one, so the stage's tail is not one worker idling beside a long unit."""
+    meta = (params if params is not None else load_params()).get("meta") or {}
+
+    def learner(m: str) -> str:
+        spec = cfg.methods[m]
+        if spec.learner is not None:
+            return spec.learner
+        variant = (meta.get("variants") or {}).get(spec.meta.removesuffix("_pretrain")) or {}
+        return variant.get("learner", meta.get("learner", "coop"))
+
+    cost = {m: _UNIT_COST.get(learner(m), 1.0) for m in {u.method for u in todo}}
+    return sorted(todo, key=lambda u: -cost[u.method])
 
 
 def done_path(out: Path) -> Path:
     return out.with_name(out.name + ".units.json")
+
+
+def shifts_path(out: Path) -> Path:
+    """The feature-shift rows beside an experiment's CSV (header only when it measures none)."""
+    return out.with_name(out.stem + ".shifts.csv")
+
+
+def read_shifts(out: str | os.PathLike) -> pd.DataFrame:
+    """Feature-shift rows of the finished units of ``out`` (a unit re-run after a kill counts once)."""
+    out = Path(out)
+    p = shifts_path(out)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no feature-shift rows (run the experiment first)")
+    df = pd.read_csv(p)
+    done = read_done(out)
+    key = df["protocol"] + "|" + df["method"] + "|" + df["seed"].astype(str) + "|" + df["shots"].astype(str) + "|" + df["dataset"]
+    df = df[key.isin(done)]
+    return df.drop_duplicates(["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer"], keep="last")
 
 
 def read_done(out: Path) -> set[str]:
@@ -282,9 +365,10 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(out)
-    if not done and out.exists():
-        out.unlink()  # rows without a units file are from an unknown run: start over
-    todo = [u for u in units(profile, exp) if u.key not in done]
+    if not done:  # rows without a units file are from an unknown run: start over
+        out.unlink(missing_ok=True)
+        shifts_path(out).unlink(missing_ok=True)
+    todo = longest_first([u for u in units(profile, exp) if u.key not in done], cfg)
     for m in {u.method for u in todo}:  # fail before any training when a meta run is missing
         if cfg.methods[m].meta is not None:
             d = meta_dir(profile, cfg.methods[m].meta)
@@ -294,7 +378,9 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
     say = progress or (lambda s: None)
     say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")
 
-    def record(unit: Unit, rows: list[dict[str, Any]], secs: float) -> None:
+    def record(unit: Unit, rows: list[dict[str, Any]], shifts: list[dict[str, Any]], secs: float) -> None:
+        if shifts:
+            append_rows(shifts_path(out), shifts, columns=SHIFT_COLUMNS)
         append_rows(out, rows)
         done.add(unit.key)
         write_json(done_path(out), {"experiment": name, "done": sorted(done)})
@@ -319,6 +405,8 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     record(*f.result())  # a failed unit raises here; finished units are kept
+    if not shifts_path(out).exists():
+        pd.DataFrame(columns=SHIFT_COLUMNS).to_csv(shifts_path(out), index=False)
     if not out.exists():
         return pd.DataFrame(columns=COLUMNS)
     return pd.read_csv(out)
@@ -348,6 +436,29 @@ def unit_runtime(rows: pd.DataFrame) -> float:
     return float(t)
 
 
+def _experiment_at(profile: Profile | str, name: str, seeds: Sequence[int] | None, shots: int | None,
+                   params: dict | None) -> tuple[Profile, SuiteConfig, Experiment, Path]:
+    """The profile, config, experiment and CSV path that these seeds and shots resolve to."""
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    params = load_params() if params is None else params
+    default = suite_config(prof.name, params).experiment(name)
+    cfg = suite_config(prof.name, params, seeds=seeds, shots=shots)
+    exp = cfg.experiment(name)
+    if seeds is not None and default.seeds != tuple(seeds) and len(default.seeds) == 1:
+        exp = dataclasses.replace(exp, seeds=default.seeds)  # a pinned single seed (Figure 1a) stays
+    return prof, cfg, exp, results_path(prof, exp, default)
+
+
+def experiment_shifts(profile: Profile | str, name: str, *, seeds: Sequence[int] | None = None,
+                      shots: int | None = None, params: dict | None = None) -> pd.DataFrame:
+    """The feature-shift rows (SHIFT_COLUMNS) of an experiment run with ``feature_shift``; call
+    :func:`experiment_rows` first (it runs missing units when asked)."""
+    prof, cfg, exp, path = _experiment_at(profile, name, seeds, shots, params)
+    if not exp.feature_shift:
+        raise ValueError(f"experiment {name!r} does not measure feature shifts (suite.experiments.{name}.feature_shift)")
+    return read_shifts(path)
+
+
 def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] | None = None,
                     shots: int | None = None, run: bool = False, workers: int | None = None,
                     params: dict | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -357,14 +468,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
     missing unit); other seeds or shots (Papermill ``-p seeds``/``-p shots``) go to their own CSV
     and are run when ``run`` is true.
     """
-    prof = get_profile(profile) if isinstance(profile, str) else profile
-    params = load_params() if params is None else params
-    default = suite_config(prof.name, params).experiment(name)
-    cfg = suite_config(prof.name, params, seeds=seeds, shots=shots)
-    exp = cfg.experiment(name)
-    if seeds is not None and default.seeds != tuple(seeds) and len(default.seeds) == 1:
-        exp = dataclasses.replace(exp, seeds=default.seeds)  # a pinned single seed (Figure 1a) stays
-    path = results_path(prof, exp, default)
+    prof, cfg, exp, path = _experiment_at(profile, name, seeds, shots, params)
     complete = read_done(path) >= {u.key for u in units(prof, exp)}
     if run and not complete:
         run_experiment(prof, dataclasses.replace(cfg, experiments={**cfg.experiments, name: exp}), name, path,
@@ -420,5 +524,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-__all__ = ["Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "resolve", "results_path",
+__all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",
+           "longest_first", "read_shifts", "resolve", "results_path", "shift_rows", "shifts_path",
            "run_experiment", "run_suite_unit", "suite_config", "unit_runtime", "units"]

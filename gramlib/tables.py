@@ -176,28 +176,32 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     return pd.DataFrame(rows, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction"])
 
 
-def save_table(table: pd.DataFrame, number: int, slug: str, reports_dir: str | Path, markdown: str,
-               stamp: dict) -> dict[str, Path]:
-    """Write ``table<N>_<slug>.csv`` (TABLE_COLUMNS), ``.md`` (ours, then the paper's) and provenance."""
+def write_table(table: pd.DataFrame, stem: str, reports_dir: str | Path, markdown: str, stamp: dict) -> dict[str, Path]:
+    """Write ``reports/tables/<stem>.csv`` (TABLE_COLUMNS), ``<stem>.md`` (``markdown`` as given) and
+    ``<stem>.provenance.json``; every file is written atomically."""
+    from gramlib.io import atomic_path
     from gramlib.report import write_csv, write_provenance
 
     missing = set(TABLE_COLUMNS) - set(table.columns)
     if missing:
-        raise ValueError(f"table {number}: missing columns {sorted(missing)}")
+        raise ValueError(f"{stem}: missing columns {sorted(missing)}")
     out = Path(reports_dir) / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"table{number}_{slug}"
     paths = {"csv": write_csv(table[TABLE_COLUMNS], out / f"{stem}.csv")}
-    md = (f"# Table {number} ({slug.replace('_', ' ')}): profile {stamp.get('profile')}\n\n"
-          f"Ours (mean ± std over seeds {stamp.get('seeds')}; accuracy %):\n\n{markdown}\n"
-          f"The paper's Table {number} (CLIP ViT-B/16, its datasets):\n\n{paper_reference_markdown(number)}")
-    from gramlib.io import atomic_path
-
     with atomic_path(out / f"{stem}.md") as tmp:
-        Path(tmp).write_text(md)
+        Path(tmp).write_text(markdown)
     paths["md"] = out / f"{stem}.md"
     paths["provenance"] = write_provenance(out / f"{stem}.provenance.json", **stamp)
     return paths
+
+
+def save_table(table: pd.DataFrame, number: int, slug: str, reports_dir: str | Path, markdown: str,
+               stamp: dict) -> dict[str, Path]:
+    """Write ``table<N>_<slug>.csv`` (TABLE_COLUMNS), ``.md`` (ours, then the paper's) and provenance."""
+    md = (f"# Table {number} ({slug.replace('_', ' ')}): profile {stamp.get('profile')}\n\n"
+          f"Ours (mean ± std over seeds {stamp.get('seeds')}; accuracy %):\n\n{markdown}\n"
+          f"The paper's Table {number} (CLIP ViT-B/16, its datasets):\n\n{paper_reference_markdown(number)}")
+    return write_table(table, f"table{number}_{slug}", reports_dir, md, stamp)
 
 
 def describe_check(check: pd.DataFrame) -> str:

@@ -51,9 +51,9 @@ LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "vpt": {"batch_size": 4, "lr": 0.0035},
     "vpt_deep": {"batch_size": 4, "lr": 0.0035},
     "joint": {"batch_size": 4, "lr": 0.0035},
-    "ivlp": {"batch_size": 4, "lr": 0.0035},
-    "maple": {"batch_size": 4, "lr": 0.0035},
-    "restore": {"batch_size": 4, "lr": 0.0035},
+    "ivlp": {"batch_size": 4, "lr": 0.0035, "epochs": 5},     # MaPLe's base-to-new recipe
+    "maple": {"batch_size": 4, "lr": 0.0035, "epochs": 5},
+    "restore": {"batch_size": 4, "lr": 0.0035, "epochs": 5},
 }
 
 

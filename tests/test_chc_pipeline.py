@@ -151,6 +151,27 @@ def test_encoder_is_offline_minilm_and_cache_is_mmapped(encoder, tmp_path, world
     assert len(list(tmp_path.glob("emb-*.npy"))) == 2 and not np.allclose(e3[-1], e1[-1])
 
 
+def test_repeated_captions_are_encoded_once(tmp_path):
+    class Counting:
+        gram_model_name = "counting"
+
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def encode(self, chunk, **kw):
+            self.seen += list(chunk)
+            return np.stack([np.array([len(c), ord(c[0]), 1.0], dtype=np.float32) for c in chunk])
+
+    caps = ["b star", "a circle", "b star", "c house", "a circle", "b star"]
+    for cache, chunk in ((None, 2), (tmp_path, 2), (None, 100)):
+        enc = Counting()
+        out = np.asarray(embed_captions(caps, enc, cache, chunk_size=chunk, show_progress_bar=False))
+        assert sorted(enc.seen) == ["a circle", "b star", "c house"]  # each distinct caption once
+        expected = np.stack([np.array([len(c), ord(c[0]), 1.0], dtype=np.float32) for c in caps])
+        assert np.array_equal(out, expected)  # caption order kept
+    assert not list(tmp_path.glob("*.distinct.npy"))  # the side file is gone
+
+
 def test_unknown_encoder_never_downloads():
     with pytest.raises(RuntimeError, match="never downloads"):
         load_sentence_encoder("someone/not-cached-model-xyz")

@@ -257,3 +257,16 @@ def test_experiment_rows_refuses_an_unrun_experiment(smoke, tmp_path, params):
 
 def test_unit_key_is_stable():
     assert Unit("e", "base2new", "CoOp+GRAM", 2, 16, "mini_glyphs").key == "base2new|CoOp+GRAM|2|16|mini_glyphs"
+
+
+def test_longest_units_go_first_and_order_is_otherwise_kept(params):
+    from gramlib.suite import longest_first
+
+    cfg = suite_config("mini", params)
+    todo = [Unit("e", "base2new", m, s, 16, d) for s in (1, 2) for m in ("CLIP", "CoOp", "VPT+GRAM", "VPT")
+            for d in ("a", "b")]
+    order = longest_first(todo, cfg, params)
+    assert [u.method for u in order[:8]] == ["VPT+GRAM", "VPT+GRAM", "VPT", "VPT"] * 2  # image-side runs first
+    assert [u.method for u in order[-4:]] == ["CLIP"] * 4
+    assert sorted(order, key=todo.index) == todo  # a permutation of the same units
+    assert [(u.seed, u.dataset) for u in order if u.method == "CoOp"] == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]

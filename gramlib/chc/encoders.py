@@ -126,22 +126,35 @@ def embed_captions(
             dtype=np.float32,
         )
 
+    # Web captions repeat (cleaned mini captions: ~1k distinct of 15k): each distinct caption is encoded
+    # once and every copy gets its vector (copies encoded in different batches would differ by ~1e-7).
+    distinct, inverse = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
+    distinct = distinct.tolist()
+    log.info("caption embeddings: %d distinct of %d captions", len(distinct), len(captions))
     t0 = time.perf_counter()
-    starts = range(0, len(captions), chunk_size)
+    starts = range(0, len(distinct), chunk_size)
     bar = tqdm(starts, desc="embedding captions", unit="chunk", disable=not show_progress_bar)
     if path is None:
-        out = np.concatenate([encode(captions[s : s + chunk_size]) for s in bar], axis=0)
+        out = np.concatenate([encode(distinct[s : s + chunk_size]) for s in bar], axis=0)[inverse]
     else:
-        first = encode(captions[:chunk_size])
+        first = encode(distinct[:chunk_size])
         with atomic_path(path) as tmp:
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(captions), first.shape[1]))
-            mm[: len(first)] = first
-            bar.update(1)
-            for s in list(starts)[1:]:
-                mm[s : s + chunk_size] = encode(captions[s : s + chunk_size])
+            # distinct vectors first (memory-mapped beside the output), then copied out in caption order
+            side = Path(f"{tmp}.distinct.npy")
+            try:
+                uniq = np.lib.format.open_memmap(side, mode="w+", dtype=np.float32, shape=(len(distinct), first.shape[1]))
+                uniq[: len(first)] = first
                 bar.update(1)
-            mm.flush()
-            del mm
+                for s in list(starts)[1:]:
+                    uniq[s : s + chunk_size] = encode(distinct[s : s + chunk_size])
+                    bar.update(1)
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(captions), first.shape[1]))
+                for s in range(0, len(captions), chunk_size):
+                    mm[s : s + chunk_size] = uniq[inverse[s : s + chunk_size]]
+                mm.flush()
+                del mm, uniq
+            finally:
+                side.unlink(missing_ok=True)
         out = np.load(path, mmap_mode="r")
     bar.close()
     log.info("embedded %d captions in %.1fs", len(captions), time.perf_counter() - t0)

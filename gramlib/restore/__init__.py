@@ -10,7 +10,7 @@ feature-shift-guided surgery block (eq. 11), on top of MaPLe's prompts.
 # importing gramlib.restore (or a submodule) before gramlib.prompts finds no half-initialised module.
 import gramlib.prompts  # noqa: F401  isort: skip
 
-from gramlib.restore.consistency import feature_shift_consistency
+from gramlib.restore.consistency import feature_shift_consistency, shift_discrepancy
 from gramlib.restore.feature_shift import block_shift_norm, feature_shift_norms, image_shift, text_shift
 from gramlib.restore.learner import Restore, RestoreConfig
 from gramlib.restore.surgery import SURGERY_MODES, apply_surgery, init_surgery, surgery, surgery_alpha
@@ -25,6 +25,7 @@ __all__ = [
     "feature_shift_norms",
     "image_shift",
     "init_surgery",
+    "shift_discrepancy",
     "surgery",
     "surgery_alpha",
     "text_shift",

@@ -24,4 +24,12 @@ def feature_shift_consistency(vision: Tensor, text: Tensor, lambda_fs: float = 1
     return lambda_fs * F.mse_loss(vision[:n], text[:n].to(vision.dtype), reduction="sum")
 
 
-__all__ = ["feature_shift_consistency"]
+def shift_discrepancy(vision: Tensor, text: Tensor) -> float:
+    """Inter-modal feature-shift discrepancy of a trained model: L_fs (eq. 9) per paired block, i.e. the
+    mean over the paired blocks of (‖Ω_l^v‖_F − ‖Ω_l^t‖_F)²; RESTORE's Figure 3 plots it against
+    generalisation. Zero when both towers are untouched (zero-shot CLIP)."""
+    n = min(vision.shape[0], text.shape[0])
+    return float(feature_shift_consistency(vision, text, 1.0)) / n if n else 0.0
+
+
+__all__ = ["feature_shift_consistency", "shift_discrepancy"]
