@@ -238,6 +238,9 @@ def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> Callable[[An
                 "n_classes": len(target.classnames), "profile": env.profile.name, "git_commit": env.commit}
         for tower, v in norms.items():
             out.extend({**base, "tower": tower, "layer": i, "norm": float(x)} for i, x in enumerate(v.tolist()))
+        if hasattr(learner, "surgery_strength"):  # RESTORE: ‖α·Surgery(x̃)‖/‖x̃‖ per tower, "layer" -1
+            for tower, v in learner.surgery_strength(theta, images, target.classnames).items():
+                out.append({**base, "tower": f"{tower}_surgery", "layer": -1, "norm": v})
 
     return hook, out
 

@@ -216,3 +216,23 @@ def describe_check(check: pd.DataFrame) -> str:
     n_same = int(check["same_direction"].fillna(False).sum())
     out.append(f"\n**{n_same} of {len(check)}** effects point the same way as in the paper.")
     return "\n".join(out)
+
+
+def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.DataFrame:
+    """One GRAM method meta-trained several times (``runs``: its rows, one per task-sampler seed),
+    against ``reference`` (its plain host): TABLE_COLUMNS rows on the ``Average`` dataset, each run's
+    seed-averaged base / new / H, then ``<first run> over meta seeds``: mean and std over the runs
+    (n_seeds = number of runs). The std over data seeds of one run understates GRAM's uncertainty when
+    the meta-training draw moves the result more than the few-shot draw does."""
+    table = base_to_new_table(rows[rows["method"].isin(runs + [reference])])
+    avg = table[table["dataset"] == "Average"]
+    present = [m for m in [reference] + runs if m in set(avg["method"])]
+    out = avg[avg["method"].isin(present)].copy()
+    out["order"] = out["method"].map({m: i for i, m in enumerate(present)})
+    out = out.sort_values(["order", "metric"], kind="stable").drop(columns="order")
+    per = avg[avg["method"].isin(runs)].pivot_table(index="method", columns="metric", values="mean")
+    if len(per):
+        for metric in ("base", "new", "H"):
+            out.loc[len(out) + 1000] = ["Average", f"{runs[0]} over meta seeds", metric, float(per[metric].mean()),
+                                        _std(per[metric]), len(per)]
+    return out[TABLE_COLUMNS].reset_index(drop=True)

@@ -64,6 +64,26 @@ def test_pretraining_resumes_bit_identically(smoke, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_only_the_used_embedding_rows_is_the_same_training(smoke, tmp_path):
+    """compact=True (the default) optimises the rows the corpus looks up; the full embedding with AdamW
+    ends with the same weights, and the rows no caption uses keep their initial values."""
+    from gramlib.clip.pretrain import pretrain
+    from gramlib.io import load_safetensors
+
+    prof = dataclasses.replace(smoke, backbone=dataclasses.replace(smoke.backbone, steps=6, batch_size=16, threads=1, warmup=2))
+    pretrain(prof, tmp_path / "compact")
+    pretrain(prof, tmp_path / "full", compact=False)
+    a = load_safetensors(tmp_path / "compact" / "backbone.safetensors")
+    b = load_safetensors(tmp_path / "full" / "backbone.safetensors")
+    assert a.keys() == b.keys() and a["token_embedding.weight"].shape == (49408, 128)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    torch.manual_seed(prof.backbone.seed)
+    init = build_tiny_clip(prof.backbone.arch).token_embedding.weight.detach()
+    moved = (a["token_embedding.weight"] != init).any(dim=1)
+    assert 0 < int(moved.sum()) < 5000  # only the corpus's tokens were trained
+
+
 def test_feature_cache_hit_and_corrupt_entry(smoke, tmp_path, caplog):
     from gramlib.clip.features import cache_file, encode_images, eval_transform
     from gramlib.clip.pretrain import backbone_dir

@@ -176,7 +176,22 @@ def test_vit_b16_depth_9():
 def test_registry_and_recipe():
     for name in NEW:
         cfg = TrainConfig.for_learner(name)
-        assert (cfg.batch_size, cfg.lr) == (4, 0.0035)
+        assert (cfg.batch_size, cfg.lr, cfg.epochs) == (4, 0.0035, 5)  # MaPLe's base-to-new recipe
+
+
+def test_surgery_strength_by_hand(tiny, images):
+    model, tok = tiny
+    restore = build_learner("restore", model, tok, surgery="fixed", alpha=0.3)
+    theta = _detached(restore)
+    assert restore.surgery_strength(theta, images, CLASSES) == {"vision": 0.0, "text": 0.0}  # W_down = 0
+    theta["surgery_v_down"] = torch.randn(theta["surgery_v_down"].shape, generator=torch.Generator().manual_seed(1))
+    got = restore.surgery_strength(theta, images, CLASSES)
+    with torch.no_grad():
+        x = image_shift(restore, theta, images).features
+        ref = (0.3 * surgery(x, theta, "surgery_v")).norm(dim=1) / x.norm(dim=1)
+    assert got["vision"] == pytest.approx(float(ref.mean()), rel=1e-5) and got["text"] == 0.0
+    none = build_learner("restore", model, tok, surgery="none")
+    assert none.surgery_strength(_detached(none), images, CLASSES) == {"vision": 0.0, "text": 0.0}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -270,3 +270,21 @@ def test_longest_units_go_first_and_order_is_otherwise_kept(params):
     assert [u.method for u in order[-4:]] == ["CLIP"] * 4
     assert sorted(order, key=todo.index) == todo  # a permutation of the same units
     assert [(u.seed, u.dataset) for u in order if u.method == "CoOp"] == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
+
+
+def test_meta_seed_spread_by_hand():
+    from gramlib.tables import meta_seed_spread
+
+    rows = []
+    for method, base, new in (("CoOp", 80.0, 60.0), ("G", 78.0, 66.0), ("G2", 80.0, 60.0), ("G3", 76.0, 63.0)):
+        for seed, jitter in ((1, -1.0), (2, 1.0)):
+            for split, acc in (("base", base + jitter), ("new", new)):
+                rows.append({"protocol": "base2new", "dataset": "d", "method": method, "seed": seed, "shots": 16,
+                             "epoch": 10, "split": split, "accuracy": acc})
+    out = meta_seed_spread(pd.DataFrame(rows), ["G", "G2", "G3"], "CoOp").set_index(["method", "metric"])
+    h = [2 * b * n / (b + n) for b, n in ((78, 66), (80, 60), (76, 63))]
+    assert out.loc[("G over meta seeds", "H"), "mean"] == pytest.approx(np.mean(h))
+    assert out.loc[("G over meta seeds", "H"), "std"] == pytest.approx(np.std(h, ddof=1))
+    assert out.loc[("G over meta seeds", "base"), "mean"] == pytest.approx(78.0)
+    assert out.loc[("G over meta seeds", "new"), "n_seeds"] == 3
+    assert out.loc[("CoOp", "new"), "mean"] == 60.0 and out.loc[("G2", "base"), "std"] == pytest.approx(np.sqrt(2))

@@ -70,11 +70,34 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def compact_vocabulary(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train only the token-embedding rows the corpus uses: (compact tokens, used ids, full weight).
+
+    The web corpus uses ~1 k of the tokenizer's 49 k tokens. A row that is never looked up gets an
+    exactly zero gradient, so AdamW (no weight decay on embeddings) never moves it: optimising the used
+    rows alone is the same training, without updating 6.3 M idle weights every step (~15 % of a step
+    on 2 CPU cores). Token ids are renumbered monotonically, so the end-of-text token keeps the largest
+    id and CLIP's argmax pooling is unchanged. :func:`expand_vocabulary` folds the rows back.
+    """
+    used = torch.unique(tokens)
+    full = model.token_embedding.weight.detach().clone()
+    model.token_embedding = torch.nn.Embedding.from_pretrained(full[used].clone(), freeze=False)
+    return torch.searchsorted(used, tokens), used, full
+
+
+def expand_vocabulary(model: torch.nn.Module, used: torch.Tensor, full: torch.Tensor) -> None:
+    """Put the trained rows back into the full (vocab × width) embedding, in place."""
+    weight = full.clone()
+    weight[used] = model.token_embedding.weight.detach()
+    model.token_embedding = torch.nn.Embedding.from_pretrained(weight, freeze=False)
+
+
 def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_every: int = 50,
-             max_steps: int | None = None) -> dict:
+             max_steps: int | None = None, compact: bool = True) -> dict:
     """Pre-train the profile's tiny CLIP; returns the training summary (also written as JSON).
 
-    ``max_steps`` stops early *without* changing the schedule (used by the resume test).
+    ``max_steps`` stops early *without* changing the schedule (used by the resume test); ``compact``
+    trains the used embedding rows only (:func:`compact_vocabulary`, the same result, faster).
     """
     from gramlib.data.transforms import CLIP_MEAN, CLIP_STD
 
@@ -96,6 +119,8 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
     model = build_tiny_clip(cfg.arch)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     tokens = tokenizer(captions)
+    if compact:
+        tokens, used, full_embedding = compact_vocabulary(model, tokens)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -143,6 +168,8 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
                "n_pairs": n, "seconds": round(elapsed, 1), "final_loss": history[-1]["loss"] if history else None,
                "history": history, "config": asdict(cfg)}
     if end == cfg.steps:
+        if compact:
+            expand_vocabulary(model, used, full_embedding)
         model.eval()
         save_safetensors(out_dir / "backbone.safetensors", model.state_dict(), metadata={"arch": cfg.arch})
         write_json(out_dir / "backbone.json", summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -86,6 +87,21 @@ class Restore(MaPLe):
     @property
     def _guided(self) -> bool:
         return self.cfg.surgery == "guided"
+
+    def surgery_strength(self, theta: Theta, images: Tensor, classnames: Sequence[str]) -> dict[str, float]:
+        """How much the surgery changes each tower's output: mean over images (classes) of
+        ‖α·Surgery(x̃)‖ / ‖x̃‖ (eq. 11); 0 without a surgery block. A diagnostic, not part of the loss."""
+        if self.cfg.surgery == "none":
+            return {"vision": 0.0, "text": 0.0}
+        out = {}
+        with torch.no_grad():
+            for tower, res, prefix, coef in (("vision", self._image_out(theta, images, self._guided), "surgery_v", self.cfg.gamma),
+                                             ("text", self._text_out(theta, classnames, self._guided), "surgery_t", self.cfg.beta)):
+                x = res.features
+                alpha = surgery_alpha(self.cfg.surgery, per_layer(res) if res.shifts else None, coef, self.cfg.alpha)
+                delta = apply_surgery(x, alpha, theta, prefix) - x
+                out[tower] = float((delta.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).mean())
+        return out
 
     # ---- the interface ---------------------------------------------------------------------------
     def encode_text(self, theta: Theta, classnames: Sequence[str]) -> Tensor:
