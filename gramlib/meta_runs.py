@@ -131,6 +131,19 @@ def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[s
             **{k: summary.get(k) for k in ("train_s", "grad_cosine_start", "grad_cosine_end") if k in summary}}
 
 
+IMAGE_SIDE = ("vpt", "vpt_deep", "joint")  # learners whose runs put the image tower in the bi-level loop
+
+
+def longest_first(profile: Profile, names: Sequence[str], params: dict | None = None) -> list[str]:
+    """Image-side runs first (each costs several text-side runs), otherwise in the given order: the
+    pool's last run is then a short one, not a long one started while the other worker idles."""
+    def image_side(name: str) -> bool:
+        kind, cfg = run_config(profile, name, params)
+        return kind == "meta" and cfg["learner"] in IMAGE_SIDE
+
+    return sorted(names, key=lambda n: not image_side(n))
+
+
 def _train_in_worker(profile: Profile, name: str) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     return train_run(profile, name)
@@ -144,6 +157,7 @@ def ensure_runs(profile: Profile, names: Sequence[str] | None = None, workers: i
     log.info("meta runs: %d needed, %d to train: %s", len(names), len(todo), todo)
     if not todo:
         return []
+    todo = longest_first(profile, todo, params)
     if workers <= 1 or len(todo) == 1:
         return [train_run(profile, n, params) for n in todo]
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:

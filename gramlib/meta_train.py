@@ -189,10 +189,10 @@ def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, featur
         imgs = [load_image(p) for p in paths] if keep_images else None
         return MetaData(bank, features, pool, [str(p) for p in paths], f"labelled:{name}", imgs)
 
-    from gramlib.chc.stage import _shard_identity, load_corpus
+    from gramlib.chc.stage import _shard_identity, load_corpus_shared
 
     pairs = load_pairs(profile, cfg)
-    corpus = load_corpus(profile.root / profile.cc3m_dir)
+    corpus = load_corpus_shared(profile.root / profile.cc3m_dir)
     where = {k: i for i, k in enumerate(corpus.keys)}
     missing = [k for k in pairs["key"].astype(str) if k not in where]
     if missing:

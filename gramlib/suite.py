@@ -175,7 +175,16 @@ class Unit:
 
     @property
     def key(self) -> str:
-        return f"{self.protocol}|{self.method}|{self.seed}|{self.shots}|{self.dataset}"
+        return unit_key(self.protocol, self.method, self.seed, self.shots, self.dataset)
+
+
+def unit_key(protocol: Any, method: Any, seed: Any, shots: Any, dataset: Any) -> str:
+    """The identity of a unit in the ``.units.json`` done-list (works on scalars and pandas columns)."""
+    return protocol + "|" + method + "|" + _str(seed) + "|" + _str(shots) + "|" + dataset
+
+
+def _str(x: Any) -> Any:
+    return x.astype(str) if hasattr(x, "astype") else str(x)
 
 
 def units(profile: Profile, exp: Experiment) -> list[Unit]:
@@ -214,7 +223,7 @@ SHIFT_COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "split", "tow
                  "n_images", "n_classes", "profile", "git_commit"]
 
 
-def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> Callable[[Any, dict], None] | tuple:
+def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> tuple[Callable[[Any, dict], None], list[dict[str, Any]]]:
     """A ``run_unit`` ``on_final`` hook and the list it fills: per-layer ‖Ω_l‖_F (RESTORE eq. 6) of the
     final prompts, on ``n_images`` evenly spaced test images of ``target`` and all its class names."""
     import numpy as np
@@ -311,22 +320,37 @@ def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]
 # tower every step; CoOp-type learners tune on cached image features
 _UNIT_COST = {"zeroshot": 0.05, "coop": 1.0, "cocoop": 20.0, "vpt": 4.0, "vpt_deep": 4.0, "joint": 4.0,
               "ivlp": 4.0, "maple": 4.0, "restore": 6.0}
+_IMAGE_SIDE = {"cocoop", "vpt", "vpt_deep", "joint", "ivlp", "maple", "restore"}
+_CURVE_COST = 1.75  # an image-side unit evaluated every epoch (Figure 3a): measured 12.9 s vs 7.3 s
 
 
-def longest_first(todo: list[Unit], cfg: SuiteConfig, params: dict | None = None) -> list[Unit]:
+def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict | None = None) -> str:
+    """The learner a method tunes: its own, or the one of the meta-training run that initialises it."""
+    spec = cfg.methods[method]
+    if spec.learner is not None:
+        return spec.learner
+    from gramlib.meta_runs import PRETRAIN_SUFFIX
+    from gramlib.meta_train import meta_train_config
+
+    # "<variant>_pretrain" is the prompt pre-training ablation of <variant>: the same learner
+    return meta_train_config(profile_name, spec.meta.removesuffix(PRETRAIN_SUFFIX), params).learner
+
+
+def longest_first(todo: list[Unit], cfg: SuiteConfig, profile_name: str, params: dict | None = None) -> list[Unit]:
     """Units ordered by expected cost, largest first (stable): with a pool of workers the last unit
     to finish is a short one, so the stage's tail is not one worker idling beside a long unit."""
-    meta = (params if params is not None else load_params()).get("meta") or {}
+    params = load_params() if params is None else params
 
-    def learner(m: str) -> str:
-        spec = cfg.methods[m]
-        if spec.learner is not None:
-            return spec.learner
-        variant = (meta.get("variants") or {}).get(spec.meta.removesuffix("_pretrain")) or {}
-        return variant.get("learner", meta.get("learner", "coop"))
+    learners = {m: unit_learner(profile_name, cfg, m, params) for m in {u.method for u in todo}}
 
-    cost = {m: _UNIT_COST.get(learner(m), 1.0) for m in {u.method for u in todo}}
-    return sorted(todo, key=lambda u: -cost[u.method])
+    def cost(u: Unit) -> float:
+        learner = learners[u.method]
+        exp = cfg.experiments.get(u.experiment)
+        curve = learner in _IMAGE_SIDE and exp is not None and u.method in exp.curves
+        return _UNIT_COST.get(learner, 1.0) * (_CURVE_COST if curve else 1.0)
+
+    costs = {u.key: cost(u) for u in todo}
+    return sorted(todo, key=lambda u: -costs[u.key])
 
 
 def done_path(out: Path) -> Path:
@@ -346,8 +370,7 @@ def read_shifts(out: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{p}: no feature-shift rows (run the experiment first)")
     df = pd.read_csv(p)
     done = read_done(out)
-    key = df["protocol"] + "|" + df["method"] + "|" + df["seed"].astype(str) + "|" + df["shots"].astype(str) + "|" + df["dataset"]
-    df = df[key.isin(done)]
+    df = df[unit_key(df["protocol"], df["method"], df["seed"], df["shots"], df["dataset"]).isin(done)]
     return df.drop_duplicates(["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer"], keep="last")
 
 
@@ -371,12 +394,13 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
     if not done:  # rows without a units file are from an unknown run: start over
         out.unlink(missing_ok=True)
         shifts_path(out).unlink(missing_ok=True)
-    todo = longest_first([u for u in units(profile, exp) if u.key not in done], cfg)
+    todo = [u for u in units(profile, exp) if u.key not in done]
     for m in {u.method for u in todo}:  # fail before any training when a meta run is missing
         if cfg.methods[m].meta is not None:
             d = meta_dir(profile, cfg.methods[m].meta)
             if not (d / "theta_star.safetensors").exists():
                 raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (python -m gramlib.meta_runs)")
+    todo = longest_first(todo, cfg, profile.name)
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     say = progress or (lambda s: None)
     say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")
@@ -528,5 +552,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",
-           "longest_first", "read_shifts", "resolve", "results_path", "shift_rows", "shifts_path",
+           "longest_first", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",
            "run_experiment", "run_suite_unit", "suite_config", "unit_runtime", "units"]

@@ -231,8 +231,7 @@ def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.
     out["order"] = out["method"].map({m: i for i, m in enumerate(present)})
     out = out.sort_values(["order", "metric"], kind="stable").drop(columns="order")
     per = avg[avg["method"].isin(runs)].pivot_table(index="method", columns="metric", values="mean")
-    if len(per):
-        for metric in ("base", "new", "H"):
-            out.loc[len(out) + 1000] = ["Average", f"{runs[0]} over meta seeds", metric, float(per[metric].mean()),
-                                        _std(per[metric]), len(per)]
-    return out[TABLE_COLUMNS].reset_index(drop=True)
+    spread = pd.DataFrame([["Average", f"{runs[0]} over meta seeds", metric, float(per[metric].mean()),
+                            _std(per[metric]), len(per)] for metric in ("base", "new", "H") if len(per)],
+                          columns=TABLE_COLUMNS)
+    return pd.concat([out[TABLE_COLUMNS], spread], ignore_index=True) if len(spread) else out[TABLE_COLUMNS].reset_index(drop=True)

@@ -134,6 +134,24 @@ def test_empty_shard_and_bad_captions_are_skipped_with_counts(smoke, tmp_path, c
         load_corpus(cc, on_corrupt="raise")
 
 
+def test_shared_corpus_is_decoded_once_until_a_shard_changes(smoke, tmp_path):
+    import os
+
+    from gramlib.chc.stage import load_corpus_shared
+
+    cc = tmp_path / "cc3m"
+    cc.mkdir()
+    for p in sorted((smoke.root / smoke.cc3m_dir).glob("*.tar"))[:2]:
+        shutil.copy(p, cc / p.name)
+    first = load_corpus_shared(cc)
+    assert load_corpus_shared(cc) is first  # no second decode
+    assert first.keys == load_corpus(cc).keys
+    shard = sorted(cc.glob("*.tar"))[1]
+    shard.unlink()  # a rewritten shard directory is read again
+    again = load_corpus_shared(cc)
+    assert again is not first and again.keys == load_corpus(cc).keys and len(again) < len(first)
+
+
 def test_fewer_pairs_than_topics_need_raises(smoke, tmp_path):
     make_shards(tmp_path / "data" / "cc3m", n=7, shard_size=3)
     prof = dataclasses.replace(smoke, data_root=str(tmp_path / "data"))

@@ -131,6 +131,15 @@ def test_required_runs_follow_the_tables(params):
     assert {"unigram_pretrain", "unigram_no_regulator", "unigram_tokens_8"} <= set(paper)
 
 
+def test_image_side_meta_runs_start_first(params):
+    from gramlib.config import get_profile
+    from gramlib.meta_runs import longest_first
+
+    names = ["coop_gram", "coop_gram_pretrain", "vpt_gram", "coop_no_regulator", "unigram"]
+    assert longest_first(get_profile("mini"), names, params) == [
+        "vpt_gram", "unigram", "coop_gram", "coop_gram_pretrain", "coop_no_regulator"]
+
+
 def test_fingerprint_tracks_config_and_a_finished_run_is_current(smoke, params, monkeypatch, tmp_path):
     from gramlib import meta_runs
 
@@ -265,11 +274,26 @@ def test_longest_units_go_first_and_order_is_otherwise_kept(params):
     cfg = suite_config("mini", params)
     todo = [Unit("e", "base2new", m, s, 16, d) for s in (1, 2) for m in ("CLIP", "CoOp", "VPT+GRAM", "VPT")
             for d in ("a", "b")]
-    order = longest_first(todo, cfg, params)
+    order = longest_first(todo, cfg, "mini", params)
     assert [u.method for u in order[:8]] == ["VPT+GRAM", "VPT+GRAM", "VPT", "VPT"] * 2  # image-side runs first
     assert [u.method for u in order[-4:]] == ["CLIP"] * 4
     assert sorted(order, key=todo.index) == todo  # a permutation of the same units
     assert [(u.seed, u.dataset) for u in order if u.method == "CoOp"] == [(1, "a"), (1, "b"), (2, "a"), (2, "b")]
+
+
+def test_units_evaluated_every_epoch_cost_more_and_learners_resolve_through_meta_runs(params):
+    from gramlib.suite import longest_first, unit_key, unit_learner
+
+    cfg = suite_config("mini", params)
+    assert unit_learner("mini", cfg, "VPT+GRAM", params) == "vpt"
+    assert unit_learner("mini", cfg, "CoOp+GRAM -meta-learning (prompt pre-training)", params) == "coop"
+    assert unit_learner("mini", cfg, "UNIGRAM", params) == "joint"
+    # base2new evaluates VPT every epoch (Figure 3a) but not UNIGRAM: same learner cost, VPT first
+    todo = [Unit("base2new", "base2new", m, 1, 16, "a") for m in ("UNIGRAM", "CoOp", "VPT")]
+    assert [u.method for u in longest_first(todo, cfg, "mini", params)] == ["VPT", "UNIGRAM", "CoOp"]
+    df = pd.DataFrame([{"protocol": u.protocol, "method": u.method, "seed": u.seed, "shots": u.shots,
+                        "dataset": u.dataset} for u in todo])
+    assert list(unit_key(df["protocol"], df["method"], df["seed"], df["shots"], df["dataset"])) == [u.key for u in todo]
 
 
 def test_meta_seed_spread_by_hand():

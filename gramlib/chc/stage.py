@@ -49,7 +49,7 @@ from .pipeline import CHCConfig, CHCResult, run_chc
 from .topics import min_pairs_needed
 
 __all__ = [
-    "Corpus", "StageResult", "TextConfig", "text_config", "clean_captions", "chc_params", "chc_config", "load_corpus", "backbone_features",
+    "Corpus", "StageResult", "TextConfig", "text_config", "clean_captions", "chc_params", "chc_config", "load_corpus", "load_corpus_shared", "backbone_features",
     "accepted_topic_words", "chc_metrics", "REPORT_KEYS", "report_metrics", "run_stage", "topic_table",
     "failure_kinds", "write_report", "load_truth", "clean_captions",
     "load_stage", "chc_dir",
@@ -166,6 +166,25 @@ def load_corpus(shard_dir: str | os.PathLike, on_corrupt: str = "skip") -> Corpu
     log.info("CHC corpus: %d pairs from %d shards (%d empty shards, %d skipped samples)", len(keys),
              stats.shards, len(rs["empty_shards"]), stats.skipped_total)
     return Corpus(keys=keys, captions=caps, images=imgs, shards=[str(p) for p in shards], read_stats=rs)
+
+
+_CORPUS_MEMO: dict[tuple, Corpus] = {}
+
+
+def load_corpus_shared(shard_dir: str | os.PathLike) -> Corpus:
+    """:func:`load_corpus`, decoded once per process while the shards are unchanged (READ-ONLY result).
+
+    Every meta-training run reads the same 15 k mini pairs (~7 s of JPEG decoding); the runs of a
+    ``meta_runs`` worker share one decoded copy. Keyed by the shards' path, size and mtime, so a
+    rewritten shard is read again.
+    """
+    from gramlib.data.cc3m import list_shards
+
+    key = (str(Path(shard_dir).resolve()), tuple(map(tuple, _shard_identity([str(p) for p in list_shards(shard_dir)]))))
+    if key not in _CORPUS_MEMO:
+        _CORPUS_MEMO.clear()  # one corpus at a time: a profile's shards, not a growing cache
+        _CORPUS_MEMO[key] = load_corpus(shard_dir)
+    return _CORPUS_MEMO[key]
 
 
 def _shard_identity(shards: Sequence[str]) -> list:

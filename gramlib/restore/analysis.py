@@ -30,7 +30,7 @@ def unit_discrepancy(shifts: pd.DataFrame) -> pd.DataFrame:
     for key, g in shifts.groupby(RUN, sort=False):
         v = g[g["tower"] == "vision"].sort_values("layer")["norm"].to_numpy(dtype=np.float64)
         t = g[g["tower"] == "text"].sort_values("layer")["norm"].to_numpy(dtype=np.float64)
-        out.append({**dict(zip(RUN, key)), "discrepancy": shift_discrepancy(torch.from_numpy(v), torch.from_numpy(t)),
+        out.append({**dict(zip(RUN, key)), "discrepancy": shift_discrepancy(torch.tensor(v), torch.tensor(t)),
                     "shift_vision": float(v.sum()), "shift_text": float(t.sum())})
     return pd.DataFrame(out, columns=RUN + ["discrepancy", "shift_vision", "shift_text"])
 
