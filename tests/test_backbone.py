@@ -84,6 +84,30 @@ def test_training_only_the_used_embedding_rows_is_the_same_training(smoke, tmp_p
     assert 0 < int(moved.sum()) < 5000  # only the corpus's tokens were trained
 
 
+def test_text_tower_over_the_used_positions_is_open_clips_encode_text():
+    """Pre-training drops the positions after a batch's longest caption: same features and same
+    gradients as open_clip's full-context encode_text (causal mask, end-of-text pooling)."""
+    import open_clip
+
+    from gramlib.clip.pretrain import encode_text_used, used_context
+
+    torch.manual_seed(0)
+    model = build_tiny_clip("tiny-clip-conv").double()  # float64: the two shapes round alike
+    tokens = open_clip.get_tokenizer("tiny-clip-conv")(["a red star", "a sketch of the letter b on a poster", "x"])
+    assert used_context(tokens).shape[1] == int((tokens != 0).sum(1).max()) < tokens.shape[1]
+    with torch.no_grad():
+        full = model.encode_text(tokens)
+    short = encode_text_used(model, tokens)
+    torch.testing.assert_close(short, full, rtol=1e-10, atol=1e-12)
+    g_short = torch.autograd.grad(short.square().sum(), list(model.transformer.parameters()))
+    g_full = torch.autograd.grad(model.encode_text(tokens).square().sum(), list(model.transformer.parameters()))
+    for a, b in zip(g_short, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    model.text_pool_type = "first"
+    with pytest.raises(ValueError, match="argmax pooling"):
+        encode_text_used(model, tokens)
+
+
 def test_feature_cache_hit_and_corrupt_entry(smoke, tmp_path, caplog):
     from gramlib.clip.features import cache_file, encode_images, eval_transform
     from gramlib.clip.pretrain import backbone_dir

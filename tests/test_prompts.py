@@ -266,3 +266,38 @@ def test_load_prompt_params(tiny):
     torch.testing.assert_close(b.prompt_params()["ctx"], a.prompt_params()["ctx"])
     with pytest.raises(ValueError):
         b.load_prompt_params({"ctx": torch.zeros(3, 64)})
+
+
+@pytest.mark.parametrize("name", ["coop", "ivlp", "maple"])
+def test_text_tower_runs_only_the_used_positions_and_computes_the_same(name, monkeypatch):
+    """text_forward drops the positions after the last end token (causal tower, end-token pooling):
+    features, gradients and per-block feature-shift norms equal the full-context computation."""
+    from gramlib.prompts import towers
+    from gramlib.restore import feature_shift_norms
+
+    model, tok = build_tiny_clip(seed=0)
+    model = model.double()  # float64: both shapes round alike, so the comparison can be tight
+    learner = build_learner(name, model, tok)
+    theta = {k: v.detach().double().requires_grad_() for k, v in _perturbed(learner.prompt_params()).items()}
+    imgs = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lengths = []
+    hook = model.transformer.resblocks[0].register_forward_pre_hook(lambda m, a: lengths.append(a[0].shape[1]))
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        feats = learner.encode_text(theta, CLASSES)
+        grads = torch.autograd.grad(feats.square().sum(), list(theta.values()), allow_unused=True)
+        norms = feature_shift_norms(learner, {k: v.detach() for k, v in theta.items()}, imgs, CLASSES)["text"]
+        return feats.detach(), [g for g in grads if g is not None], norms
+
+    short = run()
+    assert max(lengths) < model.context_length  # the class prompts use fewer positions than the context
+    lengths.clear()
+    monkeypatch.setattr(towers, "used_positions", lambda tower, x, tokens: (x, tokens))
+    full = run()
+    hook.remove()
+    assert max(lengths) == model.context_length  # (the shift also runs blocks without the prompt slots)
+    torch.testing.assert_close(short[0], full[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(short[1], full[1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert short[2].abs().sum() > 0
+    torch.testing.assert_close(short[2], full[2], rtol=1e-9, atol=1e-12)

@@ -149,9 +149,26 @@ def valid_text_tokens(tower: TextTower, tokens: Tensor) -> Tensor:
     return pos.unsqueeze(0) <= end.unsqueeze(1)
 
 
+def used_positions(tower: TextTower, x: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """(x, tokens) without the positions after the batch's last end-of-text token.
+
+    The text tower is causal and pools at the end token, so those positions never reach a feature,
+    a gradient or (being padding) a feature-shift norm: dropping them computes the same function on
+    fewer positions (a CoOp prompt uses ~10 of the mini context's 24; ViT-B/16's 77 even fewer).
+    Kept whole for non-causal towers, other pooling, and inside torch.func transforms (no
+    data-dependent shapes there; the meta-training loss trims its class prompts itself).
+    """
+    if tower.attn_mask is None or tower.pool_type not in ("argmax", "eos") or _in_functorch_transform():
+        return x, tokens
+    end = tokens.argmax(dim=-1) if tower.pool_type == "argmax" else (tokens == tower.eos_id).int().argmax(dim=-1)
+    keep = int(end.max()) + 1
+    return (x[:, :keep], tokens[:, :keep]) if keep < tokens.shape[1] else (x, tokens)
+
+
 def text_forward(tower: TextTower, prompts: TextPrompts, shift: ShiftFn | None = None) -> TowerOutput:
     """Text features (N, D), unnormalised, of :class:`TextPrompts` (deep prompts included)."""
-    x, tokens, n = prompts.embeddings, prompts.tokens, prompts.n_slots
+    n = prompts.n_slots
+    x, tokens = used_positions(tower, prompts.embeddings, prompts.tokens)
     blocks = list(tower.transformer.resblocks)
     if len(prompts.deep) >= len(blocks):
         raise ValueError(f"{len(prompts.deep) + 1} text prompt layers but the text tower has {len(blocks)} blocks")
