@@ -131,15 +131,14 @@ def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[s
             **{k: summary.get(k) for k in ("train_s", "grad_cosine_start", "grad_cosine_end") if k in summary}}
 
 
-IMAGE_SIDE = ("vpt", "vpt_deep", "joint")  # learners whose runs put the image tower in the bi-level loop
-
-
 def longest_first(profile: Profile, names: Sequence[str], params: dict | None = None) -> list[str]:
     """Image-side runs first (each costs several text-side runs), otherwise in the given order: the
     pool's last run is then a short one, not a long one started while the other worker idles."""
+    from gramlib.prompts.registry import tunes_image_tower
+
     def image_side(name: str) -> bool:
         kind, cfg = run_config(profile, name, params)
-        return kind == "meta" and cfg["learner"] in IMAGE_SIDE
+        return kind == "meta" and tunes_image_tower(cfg["learner"])
 
     return sorted(names, key=lambda n: not image_side(n))
 

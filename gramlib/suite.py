@@ -320,7 +320,6 @@ def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]
 # tower every step; CoOp-type learners tune on cached image features
 _UNIT_COST = {"zeroshot": 0.05, "coop": 1.0, "cocoop": 20.0, "vpt": 4.0, "vpt_deep": 4.0, "joint": 4.0,
               "ivlp": 4.0, "maple": 4.0, "restore": 6.0}
-_IMAGE_SIDE = {"cocoop", "vpt", "vpt_deep", "joint", "ivlp", "maple", "restore"}
 _CURVE_COST = 1.75  # an image-side unit evaluated every epoch (Figure 3a): measured 12.9 s vs 7.3 s
 
 
@@ -339,14 +338,15 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
 def longest_first(todo: list[Unit], cfg: SuiteConfig, profile_name: str, params: dict | None = None) -> list[Unit]:
     """Units ordered by expected cost, largest first (stable): with a pool of workers the last unit
     to finish is a short one, so the stage's tail is not one worker idling beside a long unit."""
-    params = load_params() if params is None else params
+    from gramlib.prompts.registry import tunes_image_tower
 
+    params = load_params() if params is None else params
     learners = {m: unit_learner(profile_name, cfg, m, params) for m in {u.method for u in todo}}
 
     def cost(u: Unit) -> float:
         learner = learners[u.method]
         exp = cfg.experiments.get(u.experiment)
-        curve = learner in _IMAGE_SIDE and exp is not None and u.method in exp.curves
+        curve = tunes_image_tower(learner) and exp is not None and u.method in exp.curves
         return _UNIT_COST.get(learner, 1.0) * (_CURVE_COST if curve else 1.0)
 
     costs = {u.key: cost(u) for u in todo}

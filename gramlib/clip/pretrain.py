@@ -74,19 +74,13 @@ def encode_text_used(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tens
     (equal to float rounding; tested). Mini captions use ~16 of the 24 positions, so the text tower's
     share of a pre-training step (~40 %) shrinks by a third. Needs argmax pooling and a causal mask.
     """
-    from open_clip.transformer import text_global_pool
+    from gramlib.prompts.towers import TextTower, encode_text_embeddings
 
     if model.text_pool_type != "argmax" or model.attn_mask is None:
         raise ValueError(f"encode_text_used needs a causal text tower with argmax pooling, got pool type "
                          f"{model.text_pool_type!r} and attn_mask {'absent' if model.attn_mask is None else 'present'}")
-    tokens = used_context(tokens)
-    n = tokens.shape[1]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
-    x = text_global_pool(model.ln_final(x), tokens, "argmax")
-    proj = model.text_projection
-    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    tokens = used_context(tokens)  # the prompt learners' text forward, which trims the same positions
+    return encode_text_embeddings(TextTower.of(model), model.token_embedding(tokens), tokens)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

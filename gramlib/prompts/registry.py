@@ -32,6 +32,14 @@ LEARNERS: dict[str, tuple[Callable[..., PromptLearner], type, dict[str, Any]]] =
 }
 
 
+def tunes_image_tower(name: str) -> bool:
+    """Whether learner ``name``'s θ enters the image tower (no cached image features): its training
+    runs the image tower every step, its cost dominates a tuning or meta-training run on CPU."""
+    if name not in LEARNERS:
+        raise ValueError(f"unknown prompt learner {name!r}; known: {', '.join(sorted(LEARNERS))}")
+    return not LEARNERS[name][0].caches_image_features
+
+
 def learner_config(name: str, **cfg: Any) -> Any:
     """The config dataclass for learner ``name`` with ``cfg`` overrides (unknown keys: ValueError)."""
     if name not in LEARNERS:
