@@ -38,6 +38,37 @@ def full_context(tower, x, tokens):
     return x, tokens
 
 
+def measure(env, cfg, methods: list[str], dataset: str, seed: int = 1, repeats: int = 2) -> dict[str, dict]:
+    """Per method: the unit's seconds in both modes (alternating, after a warm-up), the median
+    speed-up and both modes' accuracies. ``cfg`` is the profile's suite config."""
+    base2new = cfg.experiment("base2new")
+    # the benchmark measures tuning, not the experiment's extras (per-epoch curves, feature shifts)
+    cfg = dataclasses.replace(cfg, experiments={**cfg.experiments, "base2new": dataclasses.replace(
+        base2new, curves=(), feature_shift=False, methods=tuple(cfg.methods))})
+    used = towers.used_positions
+    results = {}
+    for method in methods:
+        unit = Unit("base2new", "base2new", method, seed, base2new.shots, dataset)
+        runs: dict[str, list[float]] = {"full_context": [], "used_positions": []}
+        accs: dict[str, list[float]] = {}
+        run_suite_unit(env, cfg, unit)  # warm-up: caches, first-call overheads
+        for _ in range(repeats):
+            for mode, fn in (("full_context", full_context), ("used_positions", used)):
+                towers.used_positions = fn
+                try:
+                    t0 = time.perf_counter()
+                    rows, _ = run_suite_unit(env, cfg, unit)
+                    runs[mode].append(time.perf_counter() - t0)
+                finally:
+                    towers.used_positions = used
+                accs[mode] = [r["accuracy"] for r in rows]
+        full, short = statistics.median(runs["full_context"]), statistics.median(runs["used_positions"])
+        results[method] = {"unit_s": runs, "speedup": full / short,
+                           "accuracy_full_context": accs["full_context"], "accuracy_used_positions": accs["used_positions"],
+                           "accuracies_agree": accs["full_context"] == accs["used_positions"]}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="mini")
@@ -52,39 +83,17 @@ def main(argv: list[str] | None = None) -> int:
 
     prof = get_profile(args.profile)
     cfg = suite_config(prof.name, load_params())
-    base2new = cfg.experiment("base2new")
-    # the benchmark measures tuning, not the experiment's extras (per-epoch curves, feature shifts)
-    cfg = dataclasses.replace(cfg, experiments={**cfg.experiments, "base2new": dataclasses.replace(
-        base2new, curves=(), feature_shift=False, methods=tuple(cfg.methods))})
     env = load_env(prof)
-    used = towers.used_positions
-    results = {}
-    for method in args.methods.split(","):
-        unit = Unit("base2new", "base2new", method, args.seed, base2new.shots, args.dataset)
-        runs: dict[str, list[float]] = {"full_context": [], "used_positions": []}
-        accs: dict[str, list[float]] = {}
-        run_suite_unit(env, cfg, unit)  # warm-up: caches, first-call overheads
-        for _ in range(args.repeats):
-            for mode, fn in (("full_context", full_context), ("used_positions", used)):
-                towers.used_positions = fn
-                try:
-                    t0 = time.perf_counter()
-                    rows, _ = run_suite_unit(env, cfg, unit)
-                    runs[mode].append(time.perf_counter() - t0)
-                finally:
-                    towers.used_positions = used
-                accs[mode] = [r["accuracy"] for r in rows]
-        full, short = statistics.median(runs["full_context"]), statistics.median(runs["used_positions"])
-        results[method] = {"unit_s": runs, "speedup": full / short,
-                           "accuracy_full_context": accs["full_context"], "accuracy_used_positions": accs["used_positions"],
-                           "accuracies_agree": accs["full_context"] == accs["used_positions"]}
+    results = measure(env, cfg, args.methods.split(","), args.dataset, args.seed, args.repeats)
+    for method, r in results.items():
+        full, short = statistics.median(r["unit_s"]["full_context"]), statistics.median(r["unit_s"]["used_positions"])
         print(f"{method:12s} full context {full:6.2f} s   used positions {short:6.2f} s   "
-              f"speed-up {full / short:4.2f}x   accuracies {'agree' if results[method]['accuracies_agree'] else 'DIFFER'}",
-              flush=True)
+              f"speed-up {r['speedup']:4.2f}x   accuracies {'agree' if r['accuracies_agree'] else 'DIFFER'}")
 
     write_json(args.out, {
         "results": results, "profile": prof.name, "dataset": args.dataset, "seed": args.seed,
-        "shots": base2new.shots, "repeats": args.repeats, "unit": "seconds per tuning unit (train + final eval), median",
+        "shots": cfg.experiment("base2new").shots, "repeats": args.repeats,
+        "unit": "seconds per tuning unit (train + final eval), median",
         "context_length": int(env.backbone.model.context_length),
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -301,3 +301,4 @@ def test_text_tower_runs_only_the_used_positions_and_computes_the_same(name, mon
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert short[2].abs().sum() > 0
     torch.testing.assert_close(short[2], full[2], rtol=1e-9, atol=1e-12)
+

@@ -312,3 +312,21 @@ def test_meta_seed_spread_by_hand():
     assert out.loc[("G over meta seeds", "base"), "mean"] == pytest.approx(78.0)
     assert out.loc[("G over meta seeds", "new"), "n_seeds"] == 3
     assert out.loc[("CoOp", "new"), "mean"] == 60.0 and out.loc[("G2", "base"), "std"] == pytest.approx(np.sqrt(2))
+
+
+def test_text_positions_benchmark_measures_both_modes_on_a_real_unit(smoke, params):
+    """benchmarks/text_positions.py on the smoke world: both modes run the same suite unit, and give
+    the same accuracies (the trimmed positions cannot change the function)."""
+    import importlib.util
+    from pathlib import Path
+
+    from gramlib.protocols import load_env
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "text_positions.py"
+    spec = importlib.util.spec_from_file_location("bench_text_positions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.measure(load_env(smoke), suite_config("smoke", params), ["CoOp"], smoke.datasets[1], repeats=1)
+    r = res["CoOp"]
+    assert len(r["unit_s"]["full_context"]) == len(r["unit_s"]["used_positions"]) == 1 and r["speedup"] > 0
+    assert r["accuracies_agree"] and len(r["accuracy_used_positions"]) == 2  # base and new
