@@ -122,3 +122,60 @@ def plot_grad_alignment(curves: pd.DataFrame, runs: Sequence[str]):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def fit_room(rows: pd.DataFrame, epochs: Sequence[int], probe: pd.DataFrame | None = None,
+             average_name: str = "Average") -> pd.DataFrame:
+    """How far tuning fits its own K shots: TABLE_COLUMNS rows (metric = split) per dataset and averaged.
+
+    ``rows``: an experiment run with ``train_split`` (splits train, base, new); one row label per
+    (method, epoch in ``epochs``), e.g. "CoOp @ epoch 10". ``probe``: columns dataset, seed, train,
+    base (a linear probe on the same few-shot features, :mod:`gramlib.linear_probe`), labelled
+    "linear probe". The average is taken over datasets within a seed, then over seeds.
+    """
+    r = rows[(rows["protocol"] == "base2new") & rows["epoch"].isin(list(epochs))].copy()
+    r["label"] = r["method"] + " @ epoch " + r["epoch"].astype(int).astype(str)
+    long = r[["label", "dataset", "seed", "split", "accuracy"]]
+    if probe is not None and len(probe):
+        p = probe.melt(id_vars=["dataset", "seed"], value_vars=["train", "base"], var_name="split", value_name="accuracy")
+        long = pd.concat([long, p.assign(label="linear probe")], ignore_index=True)
+    per = long.groupby(["label", "split", "dataset", "seed"], sort=False)["accuracy"].mean().reset_index()
+    avg = per.groupby(["label", "split", "seed"], sort=False)["accuracy"].mean().reset_index().assign(dataset=average_name)
+    both = pd.concat([per, avg], ignore_index=True)
+    out = both.groupby(["dataset", "label", "split"], sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"label": "method", "split": "metric", "count": "n_seeds"})
+
+
+def plot_fit_room(curves: pd.DataFrame, methods: Sequence[str], probe_train: float | None = None, title: str = ""):
+    """One panel per method: accuracy on the K-shot training images, base test and new test per
+    epoch (dataset average), with the linear probe's training accuracy as the room to fit."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False, sharey=True)
+    for ax, m in zip(axes[0], methods):
+        for split, style in (("train", "-"), ("base", "--"), ("new", ":")):
+            c = curves[(curves["method"] == m) & (curves["split"] == split)].sort_values("epoch")
+            if not c.empty:
+                ax.plot(c["epoch"], c["mean"], style, marker="o", ms=2, label=f"{split} images")
+        if probe_train is not None:
+            ax.axhline(probe_train, color="grey", lw=1, label="linear probe, train images")
+        ax.set_title(m)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def fit_room_markdown(room: pd.DataFrame, dataset: str = "Average") -> str:
+    """The :func:`fit_room` rows of one dataset as a markdown table: a row per method label, train/base/new."""
+    sub = room[room["dataset"] == dataset]
+    metrics = [m for m in ("train", "base", "new") if m in set(sub["metric"])]
+    lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for label, g in sub.groupby("method", sort=False):
+        cell = {r.metric: (f"{r.mean:.2f}" if pd.isna(r.std) else f"{r.mean:.2f} ± {r.std:.2f}") for r in g.itertuples()}
+        lines.append(f"| {label} | " + " | ".join(cell.get(m, "") for m in metrics) + " |")
+    return "\n".join(lines) + "\n"

@@ -87,6 +87,7 @@ class Experiment:
     datasets: tuple[str, ...] | None = None  # base2new: default the profile's datasets
     feature_shift: bool = False  # measure each unit's final feature shift (RESTORE eq. 6) on the new split
     shift_images: int = 64  # images of the new split's test set that the measurement uses
+    train_split: bool = False  # base2new: also evaluate the K-shot training images (split "train")
 
     def __post_init__(self) -> None:
         if self.protocol not in SUITE_PROTOCOLS:
@@ -102,6 +103,8 @@ class Experiment:
             raise ValueError(f"experiment {self.name!r}: feature_shift is measured on base2new's new split only")
         if self.shift_images < 1:
             raise ValueError(f"experiment {self.name!r}: shift_images must be >= 1, got {self.shift_images}")
+        if self.train_split and self.protocol != "base2new":
+            raise ValueError(f"experiment {self.name!r}: train_split evaluates base2new's base-class training images only")
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,8 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
         new = subsample_dataset(fs, "new")
         targets = [Target(unit.dataset, "base", train_set.test, train_set.classnames),
                    Target(unit.dataset, "new", new.test, new.classnames)]
+        if exp.train_split:  # how far tuning fits its own K shots: overfitting needs room to fit
+            targets.append(Target(unit.dataset, "train", train_set.train, train_set.classnames))
     else:
         train_set = fs
         targets = [Target(prof.source, "test", fs.test, fs.classnames)]

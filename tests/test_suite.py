@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gramlib.config import load_params
-from gramlib.figures import epoch_curves, grad_alignment, init_spread
+from gramlib.figures import epoch_curves, fit_room, grad_alignment, init_spread
 from gramlib.report_index import build_index
 from gramlib.suite import (Experiment, MethodSpec, Unit, _label_transfer, run_experiment, suite_config,
                            unit_runtime, units)
@@ -47,12 +47,34 @@ def test_seed_and_shot_overrides(params):
     assert cfg.experiment("init_spread").seeds == (1,)  # pinned
 
 
+def test_train_split_scores_the_k_shot_training_images(smoke, tmp_path, params):
+    """Figure 1b's fitting side: the base classes' K shots are scored every evaluated epoch, and
+    evaluating them leaves the base/new rows exactly as a run without them."""
+    from gramlib.data.coop import load_dataset
+
+    cfg = suite_config("smoke", params)
+    ds = smoke.datasets[1]
+    plain = Experiment("plain", "base2new", 2, ("CoOp",), (1,), epochs=2, datasets=(ds,), curves=("CoOp",))
+    fit = dataclasses.replace(plain, name="fit", train_split=True)
+    cfg = dataclasses.replace(cfg, experiments={"plain": plain, "fit": fit})
+    a = run_experiment(smoke, cfg, "plain", tmp_path / "a.csv", workers=1, progress=None)
+    b = run_experiment(smoke, cfg, "fit", tmp_path / "b.csv", workers=1, progress=None)
+    train = b[b["split"] == "train"]
+    n_base = (len(load_dataset(smoke.root / smoke.coop_dir, ds).classnames) + 1) // 2  # CoOp's rule: ceil(C/2)
+    assert sorted(train["epoch"]) == [1, 2] and set(train["n_test"]) == {2 * n_base}
+    assert train["accuracy"].between(0, 100).all()
+    key = ["split", "epoch", "accuracy"]
+    pd.testing.assert_frame_equal(a[key].sort_values(key).reset_index(drop=True),
+                                  b[b["split"] != "train"][key].sort_values(key).reset_index(drop=True))
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda p: p["suite"]["experiments"]["base2new"]["methods"].append("NoSuchMethod"), "unknown methods"),
     (lambda p: p["suite"]["tables"].update(table6=["Nope"]), "suite.tables.table6"),
     (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "meta": "coop_gram"}), "exactly one"),
     (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "lr": 1}), "unknown keys"),
     (lambda p: p["suite"]["experiments"]["overfit"].update(protocol="sideways"), "protocol must be"),
+    (lambda p: p["suite"]["experiments"]["transfer4"].update(train_split=True), "train_split"),
 ])
 def test_bad_configuration_is_a_clear_error(params, mutate, message):
     mutate(params)
@@ -198,6 +220,26 @@ def test_direction_check_against_the_papers_table1():
     assert got.loc["VPT+GRAM − VPT", "paper"] == pytest.approx(74.21 - 72.34)
     assert bool(got.loc["VPT+GRAM − VPT", "same_direction"])
     assert "1 of 2" in describe_check(check)
+
+
+def test_fit_room_by_hand():
+    def row(ds, seed, epoch, split, acc):
+        return {"protocol": "base2new", "method": "CoOp", "dataset": ds, "seed": seed, "epoch": epoch,
+                "split": split, "accuracy": acc}
+    rows = pd.DataFrame([row("a", 1, 10, "train", 80.0), row("b", 1, 10, "train", 60.0),
+                         row("a", 2, 10, "train", 90.0), row("b", 2, 10, "train", 70.0),
+                         row("a", 1, 10, "new", 50.0), row("b", 1, 10, "new", 40.0),
+                         row("a", 2, 10, "new", 52.0), row("b", 2, 10, "new", 42.0),
+                         row("a", 1, 5, "train", 10.0)])  # an epoch not asked for
+    probe = pd.DataFrame({"dataset": ["a", "b"], "seed": [1, 1], "train": [100.0, 98.0], "base": [70.0, 60.0]})
+    t = fit_room(rows, [10], probe).set_index(["dataset", "method", "metric"])
+    # seed 1: (80 + 60) / 2 = 70, seed 2: (90 + 70) / 2 = 80 -> 75 ± std(70, 80)
+    assert t.loc[("Average", "CoOp @ epoch 10", "train"), "mean"] == pytest.approx(75.0)
+    assert t.loc[("Average", "CoOp @ epoch 10", "train"), "std"] == pytest.approx(np.std([70, 80], ddof=1))
+    assert t.loc[("a", "CoOp @ epoch 10", "new"), "mean"] == pytest.approx(51.0)
+    assert t.loc[("Average", "linear probe", "train"), "mean"] == pytest.approx(99.0)
+    assert t.loc[("Average", "linear probe", "base"), "n_seeds"] == 1
+    assert not any("epoch 5" in m for m in t.index.get_level_values("method"))
 
 
 def test_direction_check_maps_rows_to_the_papers_names():
