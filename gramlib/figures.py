@@ -153,12 +153,13 @@ def plot_fit_room(curves: pd.DataFrame, methods: Sequence[str], probe_train: flo
 
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.6), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], methods):
-        for split, style in (("train", "-"), ("base", "--"), ("new", ":")):
+        for split, style, label in (("train", "-", "its K-shot training images"), ("base", "--", "base-class test"),
+                                    ("new", ":", "new-class test")):
             c = curves[(curves["method"] == m) & (curves["split"] == split)].sort_values("epoch")
             if not c.empty:
-                ax.plot(c["epoch"], c["mean"], style, marker="o", ms=2, label=f"{split} images")
+                ax.plot(c["epoch"], c["mean"], style, marker="o", ms=2, label=label)
         if probe_train is not None:
-            ax.axhline(probe_train, color="grey", lw=1, label="linear probe, train images")
+            ax.axhline(probe_train, color="grey", lw=1, label="linear probe on the training images")
         ax.set_title(m)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
