@@ -82,6 +82,29 @@ def run(mode: str, env, train, test_feats, classnames, cfg: TrainConfig, templat
             "accuracy": 100.0 * evaluate(learner, res.theta, test_feats), "theta": res.theta["ctx"]}
 
 
+def measure(env, dataset: str, shots: int = 16, seed: int = 1, epochs: int = 3) -> dict:
+    """Train CoOp in the three modes on ``dataset`` (K shots of ``seed``); epoch times, accuracies, θ."""
+    ds = fewshot_split(load_dataset(env.coop_root, dataset), shots, seed, cache_dir=env.fewshot_cache)
+    template = env.templates.get(dataset, "a photo of a {}.")
+    probe = make_learner(env, "coop", template)
+    test = eval_inputs(probe, env.backbone, ds.test, ds.classnames, cache_dir=env.feature_cache)
+    cfg = TrainConfig.for_learner("coop", epochs=epochs, seed=seed)
+    runs = {m: run(m, env, ds.train, test, ds.classnames, cfg, template)
+            for m in ("cached", "recompute", "recompute_tower")}
+    c, r, t = runs["cached"], runs["recompute"], runs["recompute_tower"]
+    return {
+        "speedup": r["mean_epoch_s"] / c["mean_epoch_s"], "acc_cached": c["accuracy"], "acc_recompute": r["accuracy"],
+        "speedup_tower_only": t["mean_epoch_s"] / c["mean_epoch_s"], "acc_recompute_tower": t["accuracy"],
+        "epoch_s": {m: x["mean_epoch_s"] for m, x in runs.items()},
+        "epoch_s_all": {m: x["epoch_s"] for m, x in runs.items()},
+        "prep_s": {m: x["prep_s"] for m, x in runs.items()},
+        "max_abs_theta_diff": max(float((x["theta"] - c["theta"]).abs().max()) for x in (r, t)),
+        "dataset": dataset, "epochs": epochs, "shots": shots, "seed": seed, "n_train": len(ds.train),
+        "n_classes": len(ds.classnames), "n_test": len(ds.test), "batch_size": cfg.batch_size,
+        "accuracy_unit": "percent",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="mini")
@@ -105,37 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)  # the random weights; their identity ("<arch>:random") is not unique,
         env = dataclasses.replace(env, backbone=build_backbone(BackboneConfig(arch=args.arch, pretrained=None)),
                                   feature_cache=None)  # so nothing of theirs goes to the shared feature cache
-    ds = fewshot_split(load_dataset(env.coop_root, args.dataset), args.shots, args.seed, cache_dir=env.fewshot_cache)
-    template = env.templates.get(args.dataset, "a photo of a {}.")
-    probe = make_learner(env, "coop", template)
-    test = eval_inputs(probe, env.backbone, ds.test, ds.classnames, cache_dir=env.feature_cache)
-    cfg = TrainConfig.for_learner("coop", epochs=args.epochs, seed=args.seed)
-
-    runs = {m: run(m, env, ds.train, test, ds.classnames, cfg, template)
-            for m in ("cached", "recompute", "recompute_tower")}
-    c, r, t = runs["cached"], runs["recompute"], runs["recompute_tower"]
-    speedup = r["mean_epoch_s"] / c["mean_epoch_s"]
-    speedup_tower = t["mean_epoch_s"] / c["mean_epoch_s"]
-    max_diff = float((c["theta"] - r["theta"]).abs().max())
-    print(f"{args.profile}/{args.dataset}: {len(ds.train)} train images ({args.shots} shots), "
-          f"{len(ds.classnames)} classes, {args.epochs} epochs, batch {cfg.batch_size}")
-    for m, x in runs.items():
-        print(f"  {m:16s} epoch {x['mean_epoch_s']*1000:8.1f} ms   prep {x['prep_s']:6.2f} s   "
-              f"accuracy {x['accuracy']:.2f}")
-    print(f"speed-up (cached vs recompute as CoOp's reference): {speedup:.1f}x")
-    print(f"speed-up (cached vs in-memory pixels, tower only):  {speedup_tower:.1f}x")
-    print(f"accuracy cached {c['accuracy']:.2f} vs recompute {r['accuracy']:.2f} "
-          f"({'agree' if abs(c['accuracy'] - r['accuracy']) < 1e-9 else 'DIFFER'}); max |Δθ| = {max_diff:.2e}")
+    res = measure(env, args.dataset, args.shots, args.seed, args.epochs)
+    print(f"{args.profile}/{args.dataset}: {res['n_train']} train images ({args.shots} shots), "
+          f"{res['n_classes']} classes, {args.epochs} epochs, batch {res['batch_size']}")
+    for m in ("cached", "recompute", "recompute_tower"):
+        acc = res["acc_cached"] if m == "cached" else res[f"acc_{m}"]
+        print(f"  {m:16s} epoch {res['epoch_s'][m]*1000:8.1f} ms   prep {res['prep_s'][m]:6.2f} s   accuracy {acc:.2f}")
+    print(f"speed-up (cached vs recompute as CoOp's reference): {res['speedup']:.1f}x")
+    print(f"speed-up (cached vs in-memory pixels, tower only):  {res['speedup_tower_only']:.1f}x")
+    agree = abs(res["acc_cached"] - res["acc_recompute"]) < 1e-9
+    print(f"accuracy cached {res['acc_cached']:.2f} vs recompute {res['acc_recompute']:.2f} "
+          f"({'agree' if agree else 'DIFFER'}); max |Δθ| = {res['max_abs_theta_diff']:.2e}")
 
     write_json(args.out, {
-        "speedup": speedup, "acc_cached": c["accuracy"], "acc_recompute": r["accuracy"],
-        "speedup_tower_only": speedup_tower, "acc_recompute_tower": t["accuracy"],
-        "epoch_s": {m: x["mean_epoch_s"] for m, x in runs.items()},
-        "epoch_s_all": {m: x["epoch_s"] for m, x in runs.items()},
-        "prep_s": {m: x["prep_s"] for m, x in runs.items()}, "max_abs_theta_diff": max_diff,
-        "dataset": args.dataset, "profile": args.profile, "epochs": args.epochs, "shots": args.shots,
-        "seed": args.seed, "n_train": len(ds.train), "n_classes": len(ds.classnames), "n_test": len(ds.test),
-        "batch_size": cfg.batch_size, "accuracy_unit": "percent",
+        **res, "profile": args.profile,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),

@@ -372,3 +372,20 @@ def test_text_positions_benchmark_measures_both_modes_on_a_real_unit(smoke, para
     r = res["CoOp"]
     assert len(r["unit_s"]["full_context"]) == len(r["unit_s"]["used_positions"]) == 1 and r["speedup"] > 0
     assert r["accuracies_agree"] and len(r["accuracy_used_positions"]) == 2  # base and new
+
+
+def test_feature_cache_benchmark_agrees_across_modes_on_the_smoke_world(smoke):
+    """benchmarks/coop_feature_cache.py: cached features, reference-style recompute and in-memory pixels
+    train the same θ (no augmentation) and reach the same accuracy; the ratio is reported."""
+    import importlib.util
+    from pathlib import Path
+
+    from gramlib.protocols import load_env
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "coop_feature_cache.py"
+    spec = importlib.util.spec_from_file_location("bench_coop_feature_cache", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.measure(load_env(smoke), smoke.datasets[1], shots=2, epochs=2)
+    assert res["acc_cached"] == res["acc_recompute"] == res["acc_recompute_tower"]
+    assert res["max_abs_theta_diff"] < 1e-5 and res["speedup"] > 0 and res["n_train"] > 0
