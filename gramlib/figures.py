@@ -57,11 +57,19 @@ def plot_curves(curves: pd.DataFrame, methods: Sequence[str], splits: Sequence[s
             if c["std"].notna().any():
                 ax.fill_between(c["epoch"], c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0),
                                 alpha=0.15, color=ax.lines[-1].get_color())
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{split}-class accuracy (%)")
-        ax.set_title(f"{split} classes")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _epoch_axis(ax, f"{split}-class accuracy (%)", f"{split} classes")
+    return _finish(fig, title)
+
+
+def _epoch_axis(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _finish(fig, title: str):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -160,15 +168,8 @@ def plot_fit_room(curves: pd.DataFrame, methods: Sequence[str], probe_train: flo
                 ax.plot(c["epoch"], c["mean"], style, marker="o", ms=2, label=label)
         if probe_train is not None:
             ax.axhline(probe_train, color="grey", lw=1, label="linear probe on the training images")
-        ax.set_title(m)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        _epoch_axis(ax, "accuracy (%)", m)
+    return _finish(fig, title)
 
 
 def fit_room_markdown(room: pd.DataFrame, dataset: str = "Average") -> str:
