@@ -1,9 +1,9 @@
 """CoOp epoch time: cached image features vs. recomputing the image tower every step.
 
 Same data (K shots of one dataset, eval transform, no augmentation), same seed, same process, same
-training loop (``gramlib.train.train_prompt``); only the input bank differs:
+training loop (``gramlib.tuning.train.train_prompt``); only the input bank differs:
 
-* ``cached``: frozen image features extracted once (``gramlib.fewshot_features``);
+* ``cached``: frozen image features extracted once (``gramlib.tuning.inputs``);
 * ``recompute``: what the CoOp reference code does each step: load and decode the batch's images,
   apply the transform and run the frozen image tower (then the text tower, as in both modes);
 * ``recompute_tower``: the same with the decoded, transformed pixels held in memory, so only the
@@ -43,10 +43,10 @@ from gramlib.clip.factory import build_backbone  # noqa: E402
 from gramlib.config import BackboneConfig, get_profile  # noqa: E402
 from gramlib.data.coop import fewshot_split, load_dataset  # noqa: E402
 from gramlib.data.transforms import load_image  # noqa: E402
-from gramlib.fewshot_features import TrainData, ViewBank, eval_inputs, train_inputs  # noqa: E402
+from gramlib.tuning.inputs import TrainData, ViewBank, eval_inputs, train_inputs  # noqa: E402
 from gramlib.io import write_json  # noqa: E402
-from gramlib.protocols import load_env, make_learner  # noqa: E402
-from gramlib.train import TrainConfig, evaluate, train_prompt  # noqa: E402
+from gramlib.experiments.protocols import load_env, make_learner  # noqa: E402
+from gramlib.tuning.train import TrainConfig, evaluate, train_prompt  # noqa: E402
 
 
 class DiskBank(ViewBank):

@@ -1,8 +1,8 @@
 """Meta-step throughput and memory: the project's loop vs a naive bi-level loop, same run, same tasks.
 
-Project loop (what ``gramlib.meta_train`` runs): CoOp+GRAM on CC3M image features cached once,
+Project loop (what ``gramlib.gram.meta_train`` runs): CoOp+GRAM on CC3M image features cached once,
 tasks as tensor dicts vmapped over the meta-batch, torch.func inner gradients, one autograd outer
-derivative (:func:`gramlib.meta.meta_step`, with the Figure 3b metrics it logs).
+derivative (:func:`gramlib.gram.meta.meta_step`, with the Figure 3b metrics it logs).
 
 Naive loop (what a first implementation looks like): a Python loop over tasks, every loss call
 runs the frozen image tower on the task's images again, the learner's ``logits`` with the full
@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from gramlib.config import REPO, get_profile
 from gramlib.io import write_json
-from gramlib.meta import init_meta_state, math_attention, meta_step
-from gramlib.meta_train import (TaskLoss, build_meta_learner, load_meta_data, meta_batch, meta_train_config)
-from gramlib.regulator import init_regulator, regulate_gradient
-from gramlib.tasks import sample_tasks
+from gramlib.gram.meta import init_meta_state, math_attention, meta_step
+from gramlib.gram.meta_train import (TaskLoss, build_meta_learner, load_meta_data, meta_batch, meta_train_config)
+from gramlib.gram.regulator import init_regulator, regulate_gradient
+from gramlib.gram.tasks import sample_tasks
 
 OUT = REPO / "benchmarks" / "results" / "meta_step.json"
 

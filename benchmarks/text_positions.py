@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 from gramlib.config import get_profile, load_params  # noqa: E402
 from gramlib.io import write_json  # noqa: E402
 from gramlib.prompts import towers  # noqa: E402
-from gramlib.protocols import load_env  # noqa: E402
-from gramlib.suite import Unit, run_suite_unit, suite_config  # noqa: E402
+from gramlib.experiments.protocols import load_env  # noqa: E402
+from gramlib.experiments.suite import Unit, run_suite_unit, suite_config  # noqa: E402
 
 
 def full_context(tower, x, tokens):

@@ -48,7 +48,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=_json_default) + "\n")
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -91,7 +91,7 @@ def load_safetensors(path: str | os.PathLike) -> dict:
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-able object, stable across runs and machines (used as cache keys)."""
-    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode("utf-8")
+    blob = json.dumps(obj, sort_keys=True, default=json_default).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
@@ -103,7 +103,7 @@ def file_hash(path: str | os.PathLike, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):

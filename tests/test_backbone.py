@@ -129,7 +129,7 @@ def test_feature_cache_hit_and_corrupt_entry(smoke, tmp_path, caplog):
 
 def test_zero_shot_table_on_the_smoke_world(smoke):
     from gramlib.clip.pretrain import backbone_dir
-    from gramlib.zeroshot import dataset_templates, zero_shot_table
+    from gramlib.clip.zeroshot import dataset_templates, zero_shot_table
 
     bb = build_backbone(smoke.backbone, backbone_dir(smoke) / "backbone.safetensors")
     names = [smoke.source, smoke.variants[1]]

@@ -1,4 +1,4 @@
-"""The feature-shift lens on finished runs (gramlib.restore.analysis, the suite's feature_shift flag):
+"""The feature-shift lens on finished runs (gramlib.reporting.restore_analysis, the suite's feature_shift flag):
 discrepancies and averages against hand computations, and a real smoke experiment that measures them."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 
 from gramlib.config import load_params
 from gramlib.restore import shift_discrepancy
-from gramlib.restore.analysis import (claim_check, method_summary, rank_correlation, shift_vs_accuracy,
+from gramlib.reporting.restore_analysis import (claim_check, method_summary, rank_correlation, shift_vs_accuracy,
                                       unit_discrepancy)
-from gramlib.suite import Experiment, read_shifts, run_experiment, shifts_path, suite_config
+from gramlib.experiments.suite import Experiment, read_shifts, run_experiment, shifts_path, suite_config
 
 
 def _shift_rows(method, seed, dataset, vision, text):

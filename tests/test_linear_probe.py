@@ -1,4 +1,4 @@
-"""The linear probe (gramlib.linear_probe) against facts that do not depend on its code: points in
+"""The linear probe (gramlib.experiments.linear_probe) against facts that do not depend on its code: points in
 general position are linearly separable under any labelling when N <= D (Cover), far-apart
 clusters are separated, and the cosine geometry ignores each feature vector's length."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gramlib.linear_probe import linear_probe
+from gramlib.experiments.linear_probe import linear_probe
 
 
 def test_any_labelling_of_few_points_in_high_dimension_is_fitted_exactly():
@@ -44,8 +44,8 @@ def test_bad_shapes_are_clear_errors(args, message):
 
 def test_base_class_probe_uses_the_suites_few_shot_base_split(smoke, tmp_path):
     from gramlib.data.coop import fewshot_split, load_dataset, subsample_dataset
-    from gramlib.linear_probe import base_class_probe
-    from gramlib.protocols import load_env
+    from gramlib.experiments.linear_probe import base_class_probe
+    from gramlib.experiments.protocols import load_env
 
     env = load_env(smoke, feature_cache=tmp_path / "features")
     ds = smoke.datasets[1]

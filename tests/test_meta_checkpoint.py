@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gramlib.meta import MetaConfig, MetaState, init_meta_state, meta_step
-from gramlib.meta_checkpoint import (
+from gramlib.gram.meta import MetaConfig, MetaState, init_meta_state, meta_step
+from gramlib.gram.checkpoint import (
     checkpoint_exists,
     load_meta_checkpoint,
     resume_or_init,
     save_meta_checkpoint,
 )
-from gramlib.regulator import RegulatorConfig, init_regulator
+from gramlib.gram.regulator import RegulatorConfig, init_regulator
 
 K, FEAT = 3, 6
 

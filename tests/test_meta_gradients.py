@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gramlib.meta import (
+from gramlib.gram.meta import (
     MetaConfig,
     init_meta_state,
     inner_step,
@@ -27,7 +27,7 @@ from gramlib.meta import (
     meta_step,
     stack_tasks,
 )
-from gramlib.regulator import RegulatorConfig, init_regulator
+from gramlib.gram.regulator import RegulatorConfig, init_regulator
 
 K, FEAT = 3, 5  # classes per task, feature width
 
@@ -273,7 +273,7 @@ def test_vectorized_equals_loop(kind: str) -> None:
 
 def test_meta_step_metrics_match_independent_computation() -> None:
     """grad_cosine (Figure 3b) = cos(R^phi(g_support), g_query) at theta, averaged over tasks."""
-    from gramlib.regulator import regulate_gradient
+    from gramlib.gram.regulator import regulate_gradient
 
     model = ToyPrompt(seed=9)
     theta = model.init_theta()

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from gramlib.fewshot_features import TrainData, ViewBank
-from gramlib.meta import MetaConfig, math_attention
-from gramlib.meta_train import (MetaTrainConfig, TaskLoss, build_meta_learner, load_meta_data, load_meta_result,
+from gramlib.tuning.inputs import TrainData, ViewBank
+from gramlib.gram.meta import MetaConfig, math_attention
+from gramlib.gram.meta_train import (MetaTrainConfig, TaskLoss, build_meta_learner, load_meta_data, load_meta_result,
                                 meta_batch, meta_train, meta_train_config, regulator_hook, tune_with_regulator)
-from gramlib.regulator import RegulatorConfig
-from gramlib.tasks import TaskConfig, sample_tasks
+from gramlib.gram.regulator import RegulatorConfig
+from gramlib.gram.tasks import TaskConfig, sample_tasks
 
 
 def cfg_for(learner: str = "coop", **kw) -> MetaTrainConfig:
@@ -49,8 +49,8 @@ def test_task_loss_matches_the_learners_logits(coop_setup):
 
 def test_vectorized_and_loop_paths_agree(coop_setup):
     cfg, bb, learner, data = coop_setup
-    from gramlib.meta import meta_gradients
-    from gramlib.regulator import init_regulator
+    from gramlib.gram.meta import meta_gradients
+    from gramlib.gram.regulator import init_regulator
 
     loss = TaskLoss(learner, data.pool.classnames, image_features=True)
     theta = {k: v.detach().clone() for k, v in learner.prompt_params().items()}
@@ -169,7 +169,7 @@ def test_vpt_task_loss_under_vmap_matches_loop(smoke, coop_setup):
 
 def test_tune_with_regulator_uses_the_hook(coop_setup):
     """Eq. 7 at test time: with W = 0, R(g) = 0.95 g, i.e. SGD at 0.95 x lr (momentum SGD is linear in g)."""
-    from gramlib.train import TrainConfig, train_prompt
+    from gramlib.tuning.train import TrainConfig, train_prompt
 
     cfg, bb, learner, data = coop_setup
     names = list(data.pool.classnames[:3])
@@ -177,7 +177,7 @@ def test_tune_with_regulator_uses_the_hook(coop_setup):
     labels = torch.repeat_interleave(torch.arange(3), torch.as_tensor([min(4, len(data.pool.members[c][0])) for c in range(3)]))
     td = TrainData(ViewBank(data.bank[torch.as_tensor(idx)].unsqueeze(0), labels, True), names)
     theta_star = {k: v.detach().clone() + 0.01 for k, v in learner.prompt_params().items()}
-    from gramlib.regulator import init_regulator
+    from gramlib.gram.regulator import init_regulator
 
     phi = init_regulator(theta_star, RegulatorConfig())
     tcfg = TrainConfig(epochs=2, batch_size=4, lr=0.01, warmup_epochs=0)
@@ -224,7 +224,7 @@ def test_profile_variant_override_of_an_unknown_variant_is_an_error():
 
 
 def test_pretrain_prompts_without_meta_learning(smoke, coop_setup, tmp_path):
-    from gramlib.pretrain_prompts import PretrainConfig, pretrain_prompts
+    from gramlib.gram.pretrain_prompts import PretrainConfig, pretrain_prompts
 
     _, bb, learner, _ = coop_setup
     summary = pretrain_prompts(smoke, PretrainConfig(task_source="truth", epochs=1, max_items=200), tmp_path,

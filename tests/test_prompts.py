@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gramlib.prompts import LEARNERS, CoOp, PromptLearner, build_learner
+from gramlib.learners import LEARNERS, build_learner
+from gramlib.prompts import CoOp, PromptLearner
 from gramlib.prompts.base import encode_image_with_prompts
 from tiny_openclip import build_tiny_clip  # tests/ is on sys.path (rootdir, no __init__)
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols (gramlib.protocols) and feature banks on the smoke world."""
+"""Evaluation protocols (gramlib.experiments.protocols) and feature banks on the smoke world."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 
 from gramlib.clip.features import encode_images, eval_transform
 from gramlib.data.coop import fewshot_split, generate_fewshot, load_dataset, subsample_dataset
-from gramlib.fewshot_features import train_inputs, view_bank
+from gramlib.tuning.inputs import train_inputs, view_bank
 from gramlib.reference.audit import harmonic_mean
-from gramlib.tables import base_to_new_table
-from gramlib.protocols import (
+from gramlib.reporting.tables import base_to_new_table
+from gramlib.experiments.protocols import (
     COLUMNS,
     ProtocolConfig,
     append_rows,

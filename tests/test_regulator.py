@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gramlib.regulator import (
+from gramlib.gram.regulator import (
     RegulatorConfig,
     init_regulator,
     modulation,

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gramlib.fewshot_features import TrainData, ViewBank
-from gramlib.prompts import build_learner
+from gramlib.tuning.inputs import TrainData, ViewBank
+from gramlib.learners import build_learner
 from gramlib.prompts.ivlp import DEFAULT_DEPTH, resolve_depth
 from gramlib.prompts.towers import TextTower
 from gramlib.restore import (
@@ -24,7 +24,7 @@ from gramlib.restore import (
     surgery,
 )
 from gramlib.restore.feature_shift import per_layer
-from gramlib.train import TrainConfig, loss_fn, train_prompt
+from gramlib.tuning.train import TrainConfig, loss_fn, train_prompt
 from tiny_openclip import TinyCLIPConfig, build_tiny_clip
 
 CLASSES = ["dog", "cat", "fire_hydrant", "sports car"]

@@ -1,4 +1,4 @@
-"""The experiment suite (gramlib.suite), the meta-run registry (gramlib.meta_runs), the table and
+"""The experiment suite (gramlib.experiments.suite), the meta-run registry (gramlib.experiments.meta_runs), the table and
 figure helpers and the reports index: configuration rules, resume, and numbers checked by hand."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from gramlib.config import load_params
-from gramlib.figures import epoch_curves, fit_room, grad_alignment, init_spread
-from gramlib.report_index import build_index
-from gramlib.suite import (Experiment, MethodSpec, Unit, _label_transfer, run_experiment, suite_config,
+from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
+from gramlib.reporting.index import build_index
+from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, _label_transfer, run_experiment, suite_config,
                            unit_runtime, units)
-from gramlib.tables import TABLE_COLUMNS, describe_check, direction_check, save_table
+from gramlib.reporting.tables import TABLE_COLUMNS, describe_check, direction_check, save_table
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_missing_meta_run_fails_before_training(smoke, tmp_path, params):
 
 
 def test_required_runs_follow_the_tables(params):
-    from gramlib.meta_runs import required_runs
+    from gramlib.experiments.meta_runs import required_runs
 
     mini = required_runs("mini", params)
     assert {"coop_gram", "vpt_gram", "unigram", "coop_gram_pretrain", "coop_no_regulator"} <= set(mini)
@@ -155,7 +155,7 @@ def test_required_runs_follow_the_tables(params):
 
 def test_image_side_meta_runs_start_first(params):
     from gramlib.config import get_profile
-    from gramlib.meta_runs import longest_first
+    from gramlib.experiments.meta_runs import longest_first
 
     names = ["coop_gram", "coop_gram_pretrain", "vpt_gram", "coop_no_regulator", "unigram"]
     assert longest_first(get_profile("mini"), names, params) == [
@@ -163,7 +163,7 @@ def test_image_side_meta_runs_start_first(params):
 
 
 def test_fingerprint_tracks_config_and_a_finished_run_is_current(smoke, params, monkeypatch, tmp_path):
-    from gramlib import meta_runs
+    from gramlib.experiments import meta_runs
 
     # a changed setting of the run changes the fingerprint; an unrelated variant's does not
     a = meta_runs.fingerprint(smoke, "coop_gram", params)
@@ -177,11 +177,11 @@ def test_fingerprint_tracks_config_and_a_finished_run_is_current(smoke, params, 
 
 
 def test_train_run_then_current_then_stale(smoke, params, tmp_path):
-    from gramlib import meta_runs
+    from gramlib.experiments import meta_runs
 
     prof = dataclasses.replace(smoke, artifacts_root=str(tmp_path / "art"))
     # the CHC pairs the runs read: copy the truth-derived pairs so this test needs no CHC stage
-    from gramlib.tasks import truth_pairs
+    from gramlib.gram.tasks import truth_pairs
 
     (prof.artifacts / "chc").mkdir(parents=True)
     truth_pairs(pd.read_parquet(prof.root / "cc3m_truth.parquet")).to_parquet(prof.artifacts / "chc" / "pairs.parquet")
@@ -299,7 +299,7 @@ def test_save_table_and_index(tmp_path):
 
 
 def test_experiment_rows_refuses_an_unrun_experiment(smoke, tmp_path, params):
-    from gramlib.suite import experiment_rows
+    from gramlib.experiments.suite import experiment_rows
 
     prof = dataclasses.replace(smoke, artifacts_root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="has not .*run"):
@@ -311,7 +311,7 @@ def test_unit_key_is_stable():
 
 
 def test_longest_units_go_first_and_order_is_otherwise_kept(params):
-    from gramlib.suite import longest_first
+    from gramlib.experiments.suite import longest_first
 
     cfg = suite_config("mini", params)
     todo = [Unit("e", "base2new", m, s, 16, d) for s in (1, 2) for m in ("CLIP", "CoOp", "VPT+GRAM", "VPT")
@@ -324,7 +324,7 @@ def test_longest_units_go_first_and_order_is_otherwise_kept(params):
 
 
 def test_units_evaluated_every_epoch_cost_more_and_learners_resolve_through_meta_runs(params):
-    from gramlib.suite import longest_first, unit_key, unit_learner
+    from gramlib.experiments.suite import longest_first, unit_key, unit_learner
 
     cfg = suite_config("mini", params)
     assert unit_learner("mini", cfg, "VPT+GRAM", params) == "vpt"
@@ -339,7 +339,7 @@ def test_units_evaluated_every_epoch_cost_more_and_learners_resolve_through_meta
 
 
 def test_meta_seed_spread_by_hand():
-    from gramlib.tables import meta_seed_spread
+    from gramlib.reporting.tables import meta_seed_spread
 
     rows = []
     for method, base, new in (("CoOp", 80.0, 60.0), ("G", 78.0, 66.0), ("G2", 80.0, 60.0), ("G3", 76.0, 63.0)):
@@ -362,7 +362,7 @@ def test_text_positions_benchmark_measures_both_modes_on_a_real_unit(smoke, para
     import importlib.util
     from pathlib import Path
 
-    from gramlib.protocols import load_env
+    from gramlib.experiments.protocols import load_env
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "text_positions.py"
     spec = importlib.util.spec_from_file_location("bench_text_positions", path)
@@ -380,7 +380,7 @@ def test_feature_cache_benchmark_agrees_across_modes_on_the_smoke_world(smoke):
     import importlib.util
     from pathlib import Path
 
-    from gramlib.protocols import load_env
+    from gramlib.experiments.protocols import load_env
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "coop_feature_cache.py"
     spec = importlib.util.spec_from_file_location("bench_coop_feature_cache", path)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gramlib.tasks import (Task, TaskConfig, pool_from_labels, pool_from_pairs, sample_task, sample_tasks,
+from gramlib.gram.tasks import (Task, TaskConfig, pool_from_labels, pool_from_pairs, sample_task, sample_tasks,
                            truth_pairs)
 
 
@@ -78,7 +78,7 @@ def test_reproducible_from_seed():
 
 
 def test_small_topic_is_skipped_with_a_logged_count(caplog):
-    with caplog.at_level(logging.WARNING, logger="gramlib.tasks"):
+    with caplog.at_level(logging.WARNING, logger="gramlib.gram.tasks"):
         pool = pool_from_pairs(make_pairs(small_topic=2), CFG)  # 2 per domain = 6 < shots + query = 9
     assert len(pool) == 7 and "word2" not in pool.classnames
     assert pool.skipped == {"fewer images than shots+query": 1}

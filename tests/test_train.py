@@ -1,4 +1,4 @@
-"""Few-shot tuning loop (gramlib.train): recipe, gradient hook, checkpoints and exact resume.
+"""Few-shot tuning loop (gramlib.tuning.train): recipe, gradient hook, checkpoints and exact resume.
 
 Uses a tiny random CLIP and synthetic data so every test runs in about a second.
 """
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gramlib.fewshot_features import TrainData, ViewBank, parse_policy
-from gramlib.prompts import build_learner
-from gramlib.train import (
+from gramlib.tuning.inputs import TrainData, ViewBank, parse_policy
+from gramlib.learners import build_learner
+from gramlib.tuning.train import (
     TrainConfig,
     epoch_generator,
     evaluate,

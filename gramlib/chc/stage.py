@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gramlib.config import REPO, Profile, deep_merge, get_profile, load_params
+from gramlib.data.corpus import Corpus, corpus_identity, load_corpus, load_corpus_shared
 from gramlib.io import atomic_path, read_json, write_json
 
 from .metrics import (
@@ -123,83 +124,14 @@ def clean_captions(captions: Sequence[str], cfg: TextConfig) -> list[str]:
     return out
 
 
-@dataclass
-class Corpus:
-    """The readable pairs of a profile's CC3M-like shards, in shard order, and what was skipped."""
-
-    keys: list[str]
-    captions: list[str]
-    images: list[Any]  # PIL images (decoded, RGB)
-    shards: list[str]
-    read_stats: dict[str, Any]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-def load_corpus(shard_dir: str | os.PathLike, on_corrupt: str = "skip") -> Corpus:
-    """Read every shard (images decoded, so a corrupt one is caught here, not inside the backbone).
-
-    Empty shards are skipped with a warning; corrupt samples (bad image, empty / non-UTF-8 caption)
-    are skipped (``on_corrupt="skip"``) or raise; both are counted in ``read_stats``.  No shard, or
-    no readable pair at all, raises.
-    """
-    from gramlib.data.cc3m import ReadStats, iter_shards, list_shards
-
-    shards = list_shards(shard_dir)
-    if not shards:
-        raise FileNotFoundError(f"no webdataset shards (*.tar) under {shard_dir}")
-    stats = ReadStats()
-    keys, caps, imgs = [], [], []
-    for key, image, caption, _meta in iter_shards(shards, decode=True, on_empty="skip", on_corrupt=on_corrupt, stats=stats):
-        keys.append(key)
-        caps.append(caption)
-        imgs.append(image)
-    rs = {"shards": stats.shards, "samples": stats.samples,
-          "empty_shards": [str(Path(p).name) for p in stats.empty_shards],
-          "skipped_corrupt_image": stats.skipped_corrupt_image,
-          "skipped_bad_caption": stats.skipped_bad_caption,
-          "skipped": [[str(Path(s).name), k, r] for s, k, r in stats.skipped]}
-    if not keys:
-        raise ValueError(f"{shard_dir}: no readable image-text pair in {len(shards)} shard(s) "
-                         f"({len(rs['empty_shards'])} empty, {stats.skipped_total} sample(s) skipped)")
-    log.info("CHC corpus: %d pairs from %d shards (%d empty shards, %d skipped samples)", len(keys),
-             stats.shards, len(rs["empty_shards"]), stats.skipped_total)
-    return Corpus(keys=keys, captions=caps, images=imgs, shards=[str(p) for p in shards], read_stats=rs)
-
-
-_CORPUS_MEMO: dict[tuple, Corpus] = {}
-
-
-def load_corpus_shared(shard_dir: str | os.PathLike) -> Corpus:
-    """:func:`load_corpus`, decoded once per process while the shards are unchanged (READ-ONLY result).
-
-    Every meta-training run reads the same 15 k mini pairs (~7 s of JPEG decoding); the runs of a
-    ``meta_runs`` worker share one decoded copy. Keyed by the shards' path, size and mtime, so a
-    rewritten shard is read again.
-    """
-    from gramlib.data.cc3m import list_shards
-
-    key = (str(Path(shard_dir).resolve()), tuple(map(tuple, _shard_identity([str(p) for p in list_shards(shard_dir)]))))
-    if key not in _CORPUS_MEMO:
-        _CORPUS_MEMO.clear()  # one corpus at a time: a profile's shards, not a growing cache
-        _CORPUS_MEMO[key] = load_corpus(shard_dir)
-    return _CORPUS_MEMO[key]
-
-
-def _shard_identity(shards: Sequence[str]) -> list:
-    """Cache identity of the shards: path, size and mtime (changes whenever a shard is rewritten)."""
-    return [[Path(p).name, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in shards]
-
-
 def backbone_features(profile: Profile, corpus: Corpus, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """The frozen backbone's L2-normalised image and caption features of the corpus (cached)."""
     from gramlib.clip.features import encode_images, encode_texts, eval_transform
     from gramlib.clip.pretrain import load_profile_backbone
 
     bb = load_profile_backbone(profile)
-    identity = [_shard_identity(corpus.shards), corpus.keys]
-    img = encode_images(bb, corpus.images, eval_transform(bb), cache_dir, identity=identity, desc="CHC image features")
+    img = encode_images(bb, corpus.images, eval_transform(bb), cache_dir, identity=corpus_identity(corpus),
+                        desc="CHC image features")
     txt = encode_texts(bb, corpus.captions, cache_dir, desc="CHC caption features")
     return img.numpy(), txt.numpy()
 

@@ -23,7 +23,7 @@ from gramlib.io import stable_hash, write_npy
 log = logging.getLogger(__name__)
 
 
-def _data_identity(paths: Sequence[str | os.PathLike]) -> list:
+def data_identity(paths: Sequence[str | os.PathLike]) -> list:
     """Paths with size and modification time: cheap to compute, changes when a file is rewritten."""
     out = []
     for p in paths:
@@ -55,7 +55,7 @@ def encode_images(backbone: Backbone, images: Sequence, transform: Callable, cac
     from gramlib.data.transforms import load_image
 
     key = {"model": backbone.identity, "transform": repr(transform),
-           "data": identity if identity is not None else _data_identity(images)}
+           "data": identity if identity is not None else data_identity(images)}
     path = cache_file(cache_dir, "image", key) if cache_dir is not None else None
     if path is not None and (hit := _cached(path)) is not None:
         return hit

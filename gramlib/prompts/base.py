@@ -228,7 +228,7 @@ class PromptLearner(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, C) and an auxiliary training loss (scalar) or None.
 
-        The training hook: ``gramlib.train.loss_fn`` adds the auxiliary loss to the cross-entropy
+        The training hook: ``gramlib.tuning.train.loss_fn`` adds the auxiliary loss to the cross-entropy
         (e.g. RESTORE's λ_fs·L_fs, eq. 10). One method rather than a separate ``auxiliary_loss`` so a
         learner whose regulariser comes out of the same forward pass runs that pass once. Default:
         no auxiliary loss.

@@ -29,7 +29,7 @@ class CoCoOpConfig:
     meta_hidden: int | None = None
 
 
-def _linear_init(n_out: int, n_in: int, like: Tensor) -> tuple[Tensor, Tensor]:
+def linear_init(n_out: int, n_in: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """nn.Linear's default initialisation, bias as (1, n_out)."""
     lin = nn.Linear(n_in, n_out).to(device=like.device, dtype=like.dtype)
     return lin.weight.detach().clone(), lin.bias.detach().clone().unsqueeze(0)
@@ -53,10 +53,10 @@ class CoCoOp(TextContextLearner):
         self.cfg = cfg
         ctx = self.theta["ctx"]
         d_text = ctx.shape[1]
-        d_img = _embed_dim(clip_model)
+        d_img = embed_dim(clip_model)
         hidden = cfg.meta_hidden or max(1, d_img // 16)
-        w1, b1 = _linear_init(hidden, d_img, ctx)
-        w2, b2 = _linear_init(d_text, hidden, ctx)
+        w1, b1 = linear_init(hidden, d_img, ctx)
+        w2, b2 = linear_init(d_text, hidden, ctx)
         for k, v in {"meta_w1": w1, "meta_b1": b1, "meta_w2": w2, "meta_b2": b2}.items():
             self.theta[k] = nn.Parameter(v)
 
@@ -98,7 +98,7 @@ class CoCoOp(TextContextLearner):
         return clip_logits(self.clip, img, self.encode_text(theta, classnames, image_features=img))
 
 
-def _embed_dim(clip_model: nn.Module) -> int:
+def embed_dim(clip_model: nn.Module) -> int:
     """Output width D of the image tower (input of the meta-net)."""
     visual = clip_model.visual
     if isinstance(getattr(visual, "output_dim", None), int):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gramlib.prompts.base import TextTower, Theta
-from gramlib.prompts.cocoop import _linear_init
+from gramlib.prompts.cocoop import linear_init
 from gramlib.prompts.ivlp import (
     DeepTextLearner,
     check_n_tokens,
@@ -63,7 +63,7 @@ class MaPLe(DeepTextLearner):
             self.theta[k] = p
         like = self.theta["ctx"]
         for i in range(depth):
-            w, b = _linear_init(visual_width(clip_model), tower.width, like)
+            w, b = linear_init(visual_width(clip_model), tower.width, like)
             self.theta[f"proj_w_{i}"], self.theta[f"proj_b_{i}"] = nn.Parameter(w), nn.Parameter(b)
 
     def vision_prompts(self, theta: Theta) -> list[Tensor]:

@@ -1,14 +1,10 @@
 """RESTORE (arXiv:2403.06136): feature shift (eq. 6), its consistency loss (eqs. 7-10) and the
 feature-shift-guided surgery block (eq. 11), on top of MaPLe's prompts.
 
->>> norms = feature_shift_norms(learner, theta, images, classnames)  # any learner of gramlib.prompts
+>>> norms = feature_shift_norms(learner, theta, images, classnames)  # any learner of gramlib.learners
 >>> loss = feature_shift_consistency(**norms, lambda_fs=1.0)
 >>> restore = build_learner("restore", clip_model, tokenizer)          # MaPLe + surgery + L_fs
 """
-
-# gramlib.prompts' registry imports this package's learner: load the registry first, so that
-# importing gramlib.restore (or a submodule) before gramlib.prompts finds no half-initialised module.
-import gramlib.prompts  # noqa: F401  isort: skip
 
 from gramlib.restore.consistency import feature_shift_consistency, shift_discrepancy
 from gramlib.restore.feature_shift import block_shift_norm, feature_shift_norms, image_shift, text_shift

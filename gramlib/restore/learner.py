@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gramlib.prompts.base import TextTower, Theta, clip_logits
-from gramlib.prompts.cocoop import _embed_dim
+from gramlib.prompts.cocoop import embed_dim
 from gramlib.prompts.maple import MaPLe, MaPLeConfig
 from gramlib.prompts.towers import TowerOutput, text_forward, vision_forward
 from gramlib.restore.consistency import feature_shift_consistency
@@ -59,7 +59,7 @@ class Restore(MaPLe):
         super().__init__(clip_model, tokenizer, MaPLeConfig(cfg.n_tokens, cfg.depth, cfg.ctx_init, cfg.init_std))
         self.cfg = cfg  # type: ignore[assignment]
         if cfg.surgery != "none":
-            dim = _embed_dim(clip_model)
+            dim = embed_dim(clip_model)
             hidden = cfg.surgery_hidden or 2 * dim
             for prefix in ("surgery_v", "surgery_t"):
                 for k, p in init_surgery(prefix, dim, hidden, self.theta["ctx"]).items():

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gramlib.fewshot_features import TrainData
+from gramlib.tuning.inputs import TrainData
 from gramlib.io import load_safetensors, read_json, save_safetensors, write_json
 from gramlib.prompts.base import PromptLearner
 

@@ -1,5 +1,5 @@
 """Figures 1a, 1b, 3a and 3b: the data each one shows (pure functions of result rows or meta logs)
-and the plots (matplotlib, no dates, saved byte-stable by :func:`gramlib.report.save_figure`).
+and the plots (matplotlib, no dates, saved byte-stable by :func:`gramlib.reporting.provenance.save_figure`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
-from gramlib.tables import final_epoch
+from gramlib.reporting.tables import final_epoch
 
 
 def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -138,7 +138,7 @@ def fit_room(rows: pd.DataFrame, epochs: Sequence[int], probe: pd.DataFrame | No
 
     ``rows``: an experiment run with ``train_split`` (splits train, base, new); one row label per
     (method, epoch in ``epochs``), e.g. "CoOp @ epoch 10". ``probe``: columns dataset, seed, train,
-    base (a linear probe on the same few-shot features, :mod:`gramlib.linear_probe`), labelled
+    base (a linear probe on the same few-shot features, :mod:`gramlib.experiments.linear_probe`), labelled
     "linear probe". The average is taken over datasets within a seed, then over seeds.
     """
     r = rows[(rows["protocol"] == "base2new") & rows["epoch"].isin(list(epochs))].copy()

@@ -1,7 +1,7 @@
 """Tables are views of tidy result rows: aggregation over seeds, the paper's layouts, and Markdown.
 
 Result rows (accuracy in percent; one per protocol, dataset, method, seed, shots, epoch, split) are produced by
-``gramlib.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
+``gramlib.experiments.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
 std, n_seeds``; ``metric`` follows ``gramlib/reference/paper_tables.csv`` (``base``/``new``/``H``
 for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
 """
@@ -180,7 +180,7 @@ def write_table(table: pd.DataFrame, stem: str, reports_dir: str | Path, markdow
     """Write ``reports/tables/<stem>.csv`` (TABLE_COLUMNS), ``<stem>.md`` (``markdown`` as given) and
     ``<stem>.provenance.json``; every file is written atomically."""
     from gramlib.io import atomic_path
-    from gramlib.report import write_csv, write_provenance
+    from gramlib.reporting.provenance import write_csv, write_provenance
 
     missing = set(TABLE_COLUMNS) - set(table.columns)
     if missing:

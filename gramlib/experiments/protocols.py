@@ -13,7 +13,7 @@ One row per (protocol, dataset, method, seed, shots, epoch, split) with the colu
 
 CLI::
 
-    python -m gramlib.protocols --profile mini --protocol base2new --methods zeroshot,coop \\
+    python -m gramlib.experiments.protocols --profile mini --protocol base2new --methods zeroshot,coop \\
         --seeds 1,2,3 --shots 16 --out results.csv
 """
 
@@ -36,11 +36,12 @@ import torch
 from gramlib.clip.factory import Backbone
 from gramlib.config import REPO, Profile, get_profile
 from gramlib.data.coop import CoopDataset, fewshot_split, load_dataset, subsample_dataset
-from gramlib.fewshot_features import eval_inputs, parse_policy, train_inputs
+from gramlib.tuning.inputs import eval_inputs, parse_policy, train_inputs
 from gramlib.io import atomic_path
-from gramlib.prompts import LEARNERS, PromptLearner, build_learner
-from gramlib.train import GradTransform, TrainConfig, evaluate, train_prompt
-from gramlib.zeroshot import GENERIC_TEMPLATE, dataset_templates
+from gramlib.learners import LEARNERS, build_learner
+from gramlib.prompts import PromptLearner
+from gramlib.tuning.train import GradTransform, TrainConfig, evaluate, train_prompt
+from gramlib.clip.zeroshot import GENERIC_TEMPLATE, dataset_templates
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Env:
 def load_env(profile: Profile, feature_cache: str | os.PathLike | None = None) -> Env:
     """Build the profile's frozen CLIP (its pre-trained checkpoint for tiny archs) and caches."""
     from gramlib.clip.pretrain import load_profile_backbone
-    from gramlib.report import git_commit
+    from gramlib.reporting.provenance import git_commit
 
     backbone = load_profile_backbone(profile)
     g = git_commit()
@@ -229,7 +230,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
 # protocols
 
 
-def _fewshot(env: Env, name: str, shots: int, seed: int) -> CoopDataset:
+def fewshot_dataset(env: Env, name: str, shots: int, seed: int) -> CoopDataset:
     ds = load_dataset(env.coop_root, name)
     return fewshot_split(ds, shots, seed, cache_dir=env.fewshot_cache)
 
@@ -241,14 +242,14 @@ def units(env: Env, pcfg: ProtocolConfig) -> Iterator[tuple[str, int, int, CoopD
         for seed in pcfg.seeds:
             if pcfg.protocol == "base2new":
                 for name in (pcfg.datasets or prof.datasets):
-                    fs = _fewshot(env, name, shots, seed)  # few-shot sampling BEFORE the split
+                    fs = fewshot_dataset(env, name, shots, seed)  # few-shot sampling BEFORE the split
                     base, new = subsample_dataset(fs, "base"), subsample_dataset(fs, "new")
                     targets = [Target(name, "base", base.test, base.classnames),
                                Target(name, "new", new.test, new.classnames)]
                     for m in pcfg.methods:
                         yield m, seed, shots, base, targets
             else:
-                src = _fewshot(env, prof.source, shots, seed)
+                src = fewshot_dataset(env, prof.source, shots, seed)
                 others = (prof.variants if pcfg.protocol == "cross_domain"
                           else [d for d in (pcfg.datasets or prof.datasets) if d != prof.source])
                 targets = [Target(prof.source, "test", src.test, src.classnames)]
@@ -297,7 +298,7 @@ def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns
 # summaries (views of the rows)
 
 
-# Tables are views of these rows: see gramlib.tables (base_to_new_table, transfer_table).
+# Tables are views of these rows: see gramlib.reporting.tables (base_to_new_table, transfer_table).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def _opts(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.protocols", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.protocols", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=None)
     ap.add_argument("--protocol", default="base2new", choices=PROTOCOLS)
     ap.add_argument("--methods", default="zeroshot,coop")
@@ -364,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.protocol == "base2new":
-        from gramlib.tables import base_to_new_table
+        from gramlib.reporting.tables import base_to_new_table
 
         print(base_to_new_table(df).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     return 0

@@ -3,7 +3,7 @@
 Instead of the bi-level loop, the prompt is trained as an ordinary classifier over the clustered
 data: every kept CC3M pair with a topic is an example, its topic word is its class (topics that
 share a word are one class), and θ is tuned with the project's few-shot loop
-(:func:`gramlib.train.train_prompt`, CoCoOp's recipe) on the same features or images the
+(:func:`gramlib.tuning.train.train_prompt`, CoCoOp's recipe) on the same features or images the
 meta-learner sees.  The result is written like a meta-training run (``theta_star.safetensors``,
 ``config.json``; φ* is the untrained regulator, so test time uses the raw gradient), so the
 evaluation code treats both alike.  Why this ablation matters (§4.6): it separates "more data"
@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from gramlib.config import Profile, get_profile, load_params
-from gramlib.fewshot_features import TrainData, ViewBank, class_text_bank
+from gramlib.tuning.inputs import TrainData, ViewBank, class_text_bank
 from gramlib.io import save_safetensors, write_json
-from gramlib.meta import MetaConfig
-from gramlib.meta_train import (MetaTrainConfig, build_meta_learner, load_meta_data, meta_params)
-from gramlib.regulator import init_regulator
-from gramlib.tasks import TaskConfig
+from gramlib.gram.meta import MetaConfig
+from gramlib.gram.meta_train import (MetaTrainConfig, build_meta_learner, load_meta_data, meta_params)
+from gramlib.gram.regulator import init_regulator
+from gramlib.gram.tasks import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def classification_data(pool_classnames: Sequence[str], members: Sequence[Sequen
 def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str | os.PathLike, *,
                      backbone: Any | None = None, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train θ by classification over the clustered data; writes θ* and returns a summary."""
-    from gramlib.train import TrainConfig, train_prompt
+    from gramlib.tuning.train import TrainConfig, train_prompt
 
     prof = get_profile(profile) if isinstance(profile, str) else profile
     torch.set_num_threads(cfg.threads)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from gramlib.io import file_hash, load_safetensors, read_json, save_safetensors, write_json
-from gramlib.meta import MetaConfig, MetaState
+from gramlib.gram.meta import MetaConfig, MetaState
 
 FORMAT = "gram-meta-checkpoint"
 VERSION = 1
@@ -268,9 +268,9 @@ def _json_roundtrip(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples become lists), for comparisons with saved records."""
     import json
 
-    from gramlib.io import _json_default
+    from gramlib.io import json_default
 
-    return json.loads(json.dumps(obj, default=_json_default))
+    return json.loads(json.dumps(obj, default=json_default))
 
 
 __all__ = [

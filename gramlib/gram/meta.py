@@ -1,7 +1,7 @@
 """GRAM's bi-level meta-learning loop (paper §3.3, eqs. 4 and 7-10, Algorithm 1) as pure functions.
 
 theta (the prompt parameters of any prompt learner) and phi (the regulator R^phi, see
-:mod:`gramlib.regulator`) are ``dict[str, Tensor]``.  A task loss is a pure callable
+:mod:`gramlib.gram.regulator`) are ``dict[str, Tensor]``.  A task loss is a pure callable
 ``loss_fn(theta, batch) -> scalar`` supplied by the caller (a learner's forward on cached
 features plus cross-entropy); batches are opaque here.  A task is a ``(support, query)`` pair (or
 any object with ``.support`` and ``.query``).
@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 from torch.utils import _pytree as pytree
 
-from gramlib.regulator import RegulatorConfig, modulation, regulate_gradient
+from gramlib.gram.regulator import RegulatorConfig, modulation, regulate_gradient
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Mapping[str, Tensor], Any], Tensor]

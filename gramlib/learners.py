@@ -1,4 +1,8 @@
-"""``build_learner(name, clip_model, tokenizer, **cfg)``: learners by name, configs as dataclasses."""
+"""Every prompt learner by name (``gramlib.prompts`` and RESTORE from ``gramlib.restore``), configs as dataclasses.
+
+``build_learner(name, clip_model, tokenizer, **cfg)`` is how the experiments and meta-training build a learner;
+it sits above both packages so that RESTORE (built on MaPLe) can import the prompts without a cycle.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from gramlib.prompts.joint import JointConfig, JointPrompt
 from gramlib.prompts.maple import MaPLe, MaPLeConfig
 from gramlib.prompts.vpt import VPT, VPTConfig
 from gramlib.prompts.zeroshot import ZeroShotCLIP, ZeroShotConfig
-from gramlib.restore.learner import Restore, RestoreConfig  # gramlib.restore imports gramlib.prompts first
+from gramlib.restore.learner import Restore, RestoreConfig
 
 # name -> (learner class, config class, defaults that differ from the config's own)
 LEARNERS: dict[str, tuple[Callable[..., PromptLearner], type, dict[str, Any]]] = {

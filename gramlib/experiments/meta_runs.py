@@ -2,13 +2,13 @@
 
 The suite's methods name their runs (``meta: coop_gram``, ``meta: unigram_no_regulator``, ...); a
 name ending in ``_pretrain`` is the "w/o meta-learning" ablation of the variant before it (prompt
-pre-training by classification, :mod:`gramlib.pretrain_prompts`). This module collects the runs the
+pre-training by classification, :mod:`gramlib.gram.pretrain_prompts`). This module collects the runs the
 profile's experiments use, and trains each one whose *fingerprint* (its resolved configuration, the
 code of the method, the backbone and the CHC pairs) differs from the one stored beside a finished
 run. So a `dvc repro` after an edit retrains exactly the runs the edit touches, a killed stage resumes
 from each run's checkpoint, and no finished run is mistaken for a current one.
 
-CLI: ``python -m gramlib.meta_runs --profile mini [--workers 2]``.
+CLI: ``python -m gramlib.experiments.meta_runs --profile mini [--workers 2]``.
 """
 
 from __future__ import annotations
@@ -27,29 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from gramlib.config import REPO, Profile, get_profile, load_params
+from gramlib.experiments.spec import PRETRAIN_SUFFIX, suite_config
+from gramlib.experiments.spec import required_runs as spec_required_runs
 from gramlib.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_SUFFIX = "_pretrain"
 FINGERPRINT = "fingerprint.json"
 # the code a run's result depends on (a change retrains; comments count too: being safe is cheap here)
-CODE = ("gramlib/meta.py", "gramlib/regulator.py", "gramlib/tasks.py", "gramlib/meta_train.py",
-        "gramlib/meta_checkpoint.py", "gramlib/pretrain_prompts.py", "gramlib/train.py", "gramlib/prompts")
+CODE = ("gramlib/gram/meta.py", "gramlib/gram/regulator.py", "gramlib/gram/tasks.py", "gramlib/gram/meta_train.py",
+        "gramlib/gram/checkpoint.py", "gramlib/gram/pretrain_prompts.py", "gramlib/tuning/train.py", "gramlib/prompts")
 
 
 def required_runs(profile_name: str, params: dict | None = None) -> list[str]:
     """The meta runs used by the methods of the profile's experiments, in first-use order."""
-    from gramlib.suite import suite_config
-
-    cfg = suite_config(profile_name, load_params() if params is None else params)
-    names: list[str] = []
-    for exp in cfg.experiments.values():
-        for m in exp.methods:
-            meta = cfg.methods[m].meta
-            if meta is not None and meta not in names:
-                names.append(meta)
-    return names
+    return spec_required_runs(suite_config(profile_name, load_params() if params is None else params))
 
 
 def _sha(paths: Sequence[Path]) -> str:
@@ -65,8 +57,8 @@ def _sha(paths: Sequence[Path]) -> str:
 
 def run_config(profile: Profile, name: str, params: dict | None = None) -> tuple[str, dict[str, Any]]:
     """("meta" | "pretrain", resolved configuration) of a run name."""
-    from gramlib.meta_train import meta_train_config
-    from gramlib.pretrain_prompts import pretrain_config
+    from gramlib.gram.meta_train import meta_train_config
+    from gramlib.gram.pretrain_prompts import pretrain_config
 
     params = load_params() if params is None else params
     if name.endswith(PRETRAIN_SUFFIX):
@@ -107,8 +99,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[str, Any]:
     """Train one run (resuming its checkpoint when the fingerprint still matches) and stamp it."""
-    from gramlib.meta_train import meta_train, meta_train_config
-    from gramlib.pretrain_prompts import PretrainConfig, pretrain_prompts
+    from gramlib.gram.meta_train import meta_train, meta_train_config
+    from gramlib.gram.pretrain_prompts import PretrainConfig, pretrain_prompts
 
     out = profile.artifacts / "meta" / name
     fp = current_fingerprint(profile, name, params)
@@ -134,7 +126,7 @@ def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[s
 def longest_first(profile: Profile, names: Sequence[str], params: dict | None = None) -> list[str]:
     """Image-side runs first (each costs several text-side runs), otherwise in the given order: the
     pool's last run is then a short one, not a long one started while the other worker idles."""
-    from gramlib.prompts.registry import tunes_image_tower
+    from gramlib.learners import tunes_image_tower
 
     def image_side(name: str) -> bool:
         kind, cfg = run_config(profile, name, params)
@@ -164,7 +156,7 @@ def ensure_runs(profile: Profile, names: Sequence[str] | None = None, workers: i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.meta_runs", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.meta_runs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=None)
     ap.add_argument("--runs", default=None, help="comma-separated run names (default: all the suite needs)")
     ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: suite.workers)")
@@ -173,8 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params()
     try:
         prof = get_profile(a.profile or params.get("profile", "mini"))
-        from gramlib.suite import suite_config
-
         workers = a.workers or suite_config(prof.name, params).workers
         for r in ensure_runs(prof, a.runs.split(",") if a.runs else None, workers):
             print(r, flush=True)

@@ -4,7 +4,7 @@ Each table and figure notebook writes ``<name>.provenance.json`` beside its outp
 commit, seeds, shots, parameters, run time of the experiment behind it); this module only reads
 those stamps and the outputs, so the index can never claim more than was written.
 
-Run: ``python -m gramlib.report_index --reports reports``.
+Run: ``python -m gramlib.reporting.index --reports reports``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def write_index(reports: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.report_index", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gramlib.reporting.index", description=__doc__.split("\n\n")[0])
     ap.add_argument("--reports", default="reports")
     a = ap.parse_args(argv)
     reports = Path(a.reports) if Path(a.reports).is_absolute() else REPO / a.reports

@@ -20,7 +20,7 @@ killed run resumes where it stopped and loses one unit per worker at most.
 
 CLI::
 
-    python -m gramlib.suite --profile mini --experiment base2new --out artifacts/mini/suite/base2new.csv
+    python -m gramlib.experiments.suite --profile mini --experiment base2new --out artifacts/mini/suite/base2new.csv
 """
 
 from __future__ import annotations
@@ -32,134 +32,19 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from gramlib.config import Profile, deep_merge, get_profile, load_params
+from gramlib.config import Profile, get_profile, load_params
+from gramlib.experiments.spec import Experiment, MethodSpec, SuiteConfig, suite_config
 from gramlib.io import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-SUITE_PROTOCOLS = ("base2new", "transfer")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How one table row is obtained: a plain learner, or a meta-training run's θ* and R^φ*."""
-
-    name: str
-    learner: str | None = None
-    learner_opts: dict[str, Any] = field(default_factory=dict)
-    meta: str | None = None
-    init_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.learner is None) == (self.meta is None):
-            raise ValueError(f"method {self.name!r}: give exactly one of 'learner' or 'meta'")
-        if self.meta is not None and self.learner_opts:
-            raise ValueError(f"method {self.name!r}: a meta method takes its learner config from the run")
-
-    @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> MethodSpec:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - {"name"}
-        if unknown:
-            raise ValueError(f"suite.methods.{name}: unknown keys {sorted(unknown)}")
-        return cls(name=name, **dict(d))
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """One protocol at one shot count over named methods and seeds."""
-
-    name: str
-    protocol: str
-    shots: int
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    epochs: int | None = None  # None: the learner's recipe (10)
-    eval_every: int | None = None  # None: the last epoch only
-    curves: tuple[str, ...] = ()  # methods evaluated every epoch (Figure 3a)
-    datasets: tuple[str, ...] | None = None  # base2new: default the profile's datasets
-    feature_shift: bool = False  # measure each unit's final feature shift (RESTORE eq. 6) on the new split
-    shift_images: int = 64  # images of the new split's test set that the measurement uses
-    train_split: bool = False  # base2new: also evaluate the K-shot training images (split "train")
-
-    def __post_init__(self) -> None:
-        if self.protocol not in SUITE_PROTOCOLS:
-            raise ValueError(f"experiment {self.name!r}: protocol must be one of {SUITE_PROTOCOLS}, got {self.protocol!r}")
-        if self.shots < 1:
-            raise ValueError(f"experiment {self.name!r}: shots must be >= 1, got {self.shots}")
-        if not self.methods or not self.seeds:
-            raise ValueError(f"experiment {self.name!r}: needs methods and seeds")
-        missing = set(self.curves) - set(self.methods)
-        if missing:
-            raise ValueError(f"experiment {self.name!r}: curves for methods not run: {sorted(missing)}")
-        if self.feature_shift and self.protocol != "base2new":
-            raise ValueError(f"experiment {self.name!r}: feature_shift is measured on base2new's new split only")
-        if self.shift_images < 1:
-            raise ValueError(f"experiment {self.name!r}: shift_images must be >= 1, got {self.shift_images}")
-        if self.train_split and self.protocol != "base2new":
-            raise ValueError(f"experiment {self.name!r}: train_split evaluates base2new's base-class training images only")
-
-
-@dataclass(frozen=True)
-class SuiteConfig:
-    methods: dict[str, MethodSpec]
-    experiments: dict[str, Experiment]
-    train: dict[str, dict[str, Any]]  # per-learner TrainConfig overrides of this profile
-    workers: int = 2
-    tables: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table6/table7: rows in paper order
-
-    def experiment(self, name: str) -> Experiment:
-        if name not in self.experiments:
-            raise ValueError(f"unknown experiment {name!r}; known: {', '.join(self.experiments)}")
-        return self.experiments[name]
-
-
-def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequence[int] | None = None,
-                 shots: int | None = None) -> SuiteConfig:
-    """params.yaml ``suite`` merged with ``suite.profiles.<profile>``; ``seeds``/``shots`` override
-    every experiment that does not pin its own (the top-level ``seeds`` key by default)."""
-    params = load_params() if params is None else params
-    block = dict(params.get("suite") or {})
-    if not block:
-        raise ValueError("params.yaml has no 'suite' block")
-    block = deep_merge(block, (block.pop("profiles", {}) or {}).get(profile_name) or {})
-    methods = {n: MethodSpec.from_dict(n, d or {}) for n, d in (block.get("methods") or {}).items()}
-    default_seeds = tuple(seeds if seeds is not None else params.get("seeds", (1, 2, 3)))
-    tables = {k: tuple(v) for k, v in (block.get("tables") or {}).items()}
-    for t, rows in tables.items():
-        unknown = [m for m in rows if m not in methods]
-        if unknown:
-            raise ValueError(f"suite.tables.{t}: unknown methods {unknown}; define them in suite.methods")
-    exps = {}
-    for name, d in (block.get("experiments") or {}).items():
-        d = dict(d)
-        skip = set(d.pop("skip", []) or [])
-        listed = list(d.pop("methods"))
-        for t in d.pop("with_tables", []) or []:
-            if t not in tables:
-                raise ValueError(f"suite.experiments.{name}.with_tables: unknown table {t!r}; known: {sorted(tables)}")
-            listed += [m for m in tables[t] if m not in listed]
-        ms = tuple(m for m in listed if m not in skip)
-        unknown = [m for m in ms if m not in methods]
-        if unknown:
-            raise ValueError(f"suite.experiments.{name}: unknown methods {unknown}; define them in suite.methods")
-        pinned = d.pop("seeds", None)
-        follows = d.pop("follow_shots", True)  # false: --shots / -p shots does not move this experiment
-        exp_shots = shots if shots is not None and follows else d.pop("shots")
-        d.pop("shots", None)
-        exps[name] = Experiment(name=name, methods=ms, seeds=tuple(pinned) if pinned else default_seeds,
-                                shots=int(exp_shots), curves=tuple(c for c in d.pop("curves", []) if c in ms),
-                                datasets=tuple(d.pop("datasets")) if d.get("datasets") else None,
-                                **{k: v for k, v in d.items() if k != "datasets"})
-    return SuiteConfig(methods, exps, dict(block.get("train") or {}), int(block.get("workers", 2)), tables)
-
 
 # ------------------------------------------------------------------------------------------------
 # units
@@ -204,7 +89,7 @@ def resolve(profile: Profile, spec: MethodSpec) -> tuple[str, dict[str, Any], di
     """(learner name, learner options, θ init or None, gradient hook or None) of a method."""
     if spec.meta is None:
         return spec.learner, dict(spec.learner_opts), None, None
-    from gramlib.meta_train import load_meta_result, regulator_hook
+    from gramlib.gram.meta_train import load_meta_result, regulator_hook
 
     res = load_meta_result(meta_dir(profile, spec.meta))
     return res.cfg.learner, dict(res.cfg.learner_cfg), res.theta, regulator_hook(res.phi, res.regulator)
@@ -258,10 +143,10 @@ def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> tuple[Callab
 
 
 def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train and evaluate one unit in this process; returns its tidy rows (gramlib.protocols.COLUMNS)
+    """Train and evaluate one unit in this process; returns its tidy rows (gramlib.experiments.protocols.COLUMNS)
     and, for experiments with ``feature_shift``, its feature-shift rows (SHIFT_COLUMNS)."""
     from gramlib.data.coop import load_dataset, subsample_dataset
-    from gramlib.protocols import ProtocolConfig, Target, _fewshot, run_unit
+    from gramlib.experiments.protocols import ProtocolConfig, Target, fewshot_dataset, run_unit
 
     prof = env.profile
     exp = cfg.experiment(unit.experiment)
@@ -270,11 +155,11 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     train = dict(cfg.train.get(learner) or {})
     if exp.epochs is not None:
         train["epochs"] = exp.epochs
-    from gramlib.train import TrainConfig
+    from gramlib.tuning.train import TrainConfig
 
     epochs = train.get("epochs") or TrainConfig.for_learner(learner).epochs
     train["eval_every"] = 1 if unit.method in exp.curves else (exp.eval_every or epochs)
-    fs = _fewshot(env, unit.dataset, unit.shots, unit.seed)
+    fs = fewshot_dataset(env, unit.dataset, unit.shots, unit.seed)
     if unit.protocol == "base2new":
         train_set = subsample_dataset(fs, "base")
         new = subsample_dataset(fs, "new")
@@ -310,7 +195,7 @@ def _worker_init(profile: Profile, threads: int) -> None:
 
     global _ENV
     torch.set_num_threads(threads)
-    from gramlib.protocols import load_env
+    from gramlib.experiments.protocols import load_env
 
     _ENV = load_env(profile)
 
@@ -333,8 +218,8 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
     spec = cfg.methods[method]
     if spec.learner is not None:
         return spec.learner
-    from gramlib.meta_runs import PRETRAIN_SUFFIX
-    from gramlib.meta_train import meta_train_config
+    from gramlib.experiments.spec import PRETRAIN_SUFFIX
+    from gramlib.gram.meta_train import meta_train_config
 
     # "<variant>_pretrain" is the prompt pre-training ablation of <variant>: the same learner
     return meta_train_config(profile_name, spec.meta.removesuffix(PRETRAIN_SUFFIX), params).learner
@@ -343,7 +228,7 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
 def longest_first(todo: list[Unit], cfg: SuiteConfig, profile_name: str, params: dict | None = None) -> list[Unit]:
     """Units ordered by expected cost, largest first (stable): with a pool of workers the last unit
     to finish is a short one, so the stage's tail is not one worker idling beside a long unit."""
-    from gramlib.prompts.registry import tunes_image_tower
+    from gramlib.learners import tunes_image_tower
 
     params = load_params() if params is None else params
     learners = {m: unit_learner(profile_name, cfg, m, params) for m in {u.method for u in todo}}
@@ -390,7 +275,7 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
                    workers: int | None = None, threads: int = 1,
                    progress: Callable[[str], None] | None = print) -> pd.DataFrame:
     """Run every unit of experiment ``name`` not yet in ``out``; returns all rows of ``out``."""
-    from gramlib.protocols import COLUMNS, append_rows
+    from gramlib.experiments.protocols import COLUMNS, append_rows
 
     exp = cfg.experiment(name)
     out = Path(out)
@@ -404,7 +289,7 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
         if cfg.methods[m].meta is not None:
             d = meta_dir(profile, cfg.methods[m].meta)
             if not (d / "theta_star.safetensors").exists():
-                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (python -m gramlib.meta_runs)")
+                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (python -m gramlib.experiments.meta_runs)")
     todo = longest_first(todo, cfg, profile.name)
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     say = progress or (lambda s: None)
@@ -507,11 +392,11 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
                        workers=workers)
     elif not complete:
         hint = (f"dvc repro suite@{name}" if path == results_path(prof, exp)
-                else f"run=True (python -m gramlib.suite --experiment {name} with these seeds/shots)")
+                else f"run=True (python -m gramlib.experiments.suite --experiment {name} with these seeds/shots)")
         raise FileNotFoundError(f"{path}: the experiment {name!r} has not (fully) run; use {hint}")
     rows = pd.read_csv(path)
     commits = sorted(set(rows["git_commit"].astype(str)))
-    from gramlib.report import git_commit
+    from gramlib.reporting.provenance import git_commit
 
     g = git_commit()
     stamp = {"profile": prof.name, "experiment": name, "protocol": exp.protocol, "seeds": list(exp.seeds),
@@ -524,7 +409,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.suite", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.suite", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default=None)
     ap.add_argument("--experiment", required=True, action="append",
                     help="an experiment of params.yaml suite.experiments (repeatable)")

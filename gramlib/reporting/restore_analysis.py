@@ -3,7 +3,7 @@
 RESTORE (§3.3, Fig. 3) reads the generalisation of a prompt learner off the *inter-modal discrepancy*
 of its feature shifts: the more the image and text towers' per-block shifts ‖Ω_l‖_F differ, the worse
 the tuned model does on new classes. The suite measures each unit's final per-block norms on the new
-split (``gramlib.suite.shift_rows``); this module turns them into one discrepancy per run
+split (``gramlib.experiments.suite.shift_rows``); this module turns them into one discrepancy per run
 (:func:`gramlib.restore.shift_discrepancy`), pairs it with that run's new-class accuracy, and checks
 the paper's claims on the RESTORE tables (its ablations have no numbers we could transcribe, so a
 claim is a sign: "λ_fs up → new up").
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from gramlib.restore.consistency import shift_discrepancy
-from gramlib.tables import final_epoch
+from gramlib.reporting.tables import final_epoch
 
 RUN = ["method", "seed", "dataset"]
 

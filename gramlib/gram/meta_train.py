@@ -1,7 +1,7 @@
 """GRAM meta-training driver (Algorithm 1) and the test-time adapter (eq. 7).
 
 ``meta_train(profile, cfg, out_dir)`` builds theta from a prompt learner and phi from the
-regulator, samples tasks (:mod:`gramlib.tasks`) and runs :func:`gramlib.meta.meta_step`:
+regulator, samples tasks (:mod:`gramlib.gram.tasks`) and runs :func:`gramlib.gram.meta.meta_step`:
 
 * the task loss runs on what the learner allows to cache: CoOp sees CC3M image features computed
   once (the same cache entry as the CHC stage); VPT / UNIGRAM (joint) see image tensors that go
@@ -19,7 +19,7 @@ Ablations (Table 6/7) are configuration: ``tasks.domain_shift=False``, ``meta.re
 ``task_source="labelled"`` (supervised meta-learning), ``learner_cfg.n_ctx`` (token sweep).
 Named variants live in params.yaml's ``meta.variants``.
 
-CLI::  python -m gramlib.meta_train --profile mini --variant coop_gram [--out DIR]
+CLI::  python -m gramlib.gram.meta_train --profile mini --variant coop_gram [--out DIR]
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ from torch import Tensor
 
 from gramlib.config import REPO, Profile, deep_merge, get_profile, load_params
 from gramlib.io import atomic_path, load_safetensors, read_json, save_safetensors, write_json
-from gramlib.meta import MetaConfig, MetaState, init_meta_state, meta_step, stack_tasks
-from gramlib.meta_checkpoint import resume_or_init, save_meta_checkpoint
-from gramlib.prompts import PromptLearner, build_learner
+from gramlib.gram.meta import MetaConfig, MetaState, init_meta_state, meta_step, stack_tasks
+from gramlib.gram.checkpoint import resume_or_init, save_meta_checkpoint
+from gramlib.learners import build_learner
+from gramlib.prompts import PromptLearner
 from gramlib.prompts.base import TextTower, clip_logits, encode_text_embeddings
 from gramlib.prompts.coop import TextContextLearner
-from gramlib.regulator import RegulatorConfig, init_regulator, regulate_gradient
-from gramlib.tasks import Task, TaskConfig, TaskPool, pool_from_dataset, pool_from_pairs, sample_tasks, truth_pairs
+from gramlib.gram.regulator import RegulatorConfig, init_regulator, regulate_gradient
+from gramlib.gram.tasks import Task, TaskConfig, TaskPool, pool_from_dataset, pool_from_pairs, sample_tasks, truth_pairs
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def meta_params(profile_name: str, variant: str | None = None, params: dict | No
 
 def meta_train_config(profile_name: str, variant: str | None = None, params: dict | None = None) -> MetaTrainConfig:
     block = meta_params(profile_name, variant, params)
-    block.pop("pretrain", None)  # the w/o-meta-learning ablation's own settings (gramlib.pretrain_prompts)
+    block.pop("pretrain", None)  # the w/o-meta-learning ablation's own settings (gramlib.gram.pretrain_prompts)
     return MetaTrainConfig.from_dict(block)
 
 
@@ -189,7 +190,7 @@ def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, featur
         imgs = [load_image(p) for p in paths] if keep_images else None
         return MetaData(bank, features, pool, [str(p) for p in paths], f"labelled:{name}", imgs)
 
-    from gramlib.chc.stage import _shard_identity, load_corpus_shared
+    from gramlib.data.corpus import corpus_identity, load_corpus_shared
 
     pairs = load_pairs(profile, cfg)
     corpus = load_corpus_shared(profile.root / profile.cc3m_dir)
@@ -200,8 +201,8 @@ def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, featur
     rows = torch.as_tensor([where[k] for k in pairs["key"].astype(str)], dtype=torch.long)
     pool = pool_from_pairs(pairs, cfg.tasks, source=f"{cfg.task_source} pairs of {profile.name}")
     if features:
-        ident = [_shard_identity(corpus.shards), corpus.keys]  # == the CHC stage's key: one cache entry
-        bank = encode_images(backbone, corpus.images, tf, cache, identity=ident, desc="CC3M features")[rows]
+        bank = encode_images(backbone, corpus.images, tf, cache, identity=corpus_identity(corpus),  # == CHC's entry
+                             desc="CC3M features")[rows]
     else:
         bank = _to_pixels([corpus.images[i] for i in rows.tolist()], tf)
     imgs = [corpus.images[i] for i in rows.tolist()] if keep_images else None
@@ -416,7 +417,7 @@ def load_meta_result(out_dir: str | os.PathLike) -> MetaResult:
 
 
 def regulator_hook(phi: Mapping[str, Tensor], reg_cfg: RegulatorConfig | None) -> Callable[[dict], dict] | None:
-    """``grad_transform`` for :func:`gramlib.train.train_prompt`: g -> R^phi(g) (eq. 7); None = raw g."""
+    """``grad_transform`` for :func:`gramlib.tuning.train.train_prompt`: g -> R^phi(g) (eq. 7); None = raw g."""
     if reg_cfg is None:
         return None
     phi = {k: v.detach() for k, v in phi.items()}
@@ -433,10 +434,10 @@ def tune_with_regulator(learner: PromptLearner, theta_star: Mapping[str, Tensor]
                         **train_kw: Any) -> Any:
     """Test time of §3.3: start from θ* and tune on the few-shot data with R^φ*(∇L) (eq. 7).
 
-    Runs the project's few-shot loop (:func:`gramlib.train.train_prompt`) with the regulator as its
+    Runs the project's few-shot loop (:func:`gramlib.tuning.train.train_prompt`) with the regulator as its
     gradient hook; ``reg_cfg=None`` tunes with the raw gradient (the "w/o regulating" ablation).
     """
-    from gramlib.train import train_prompt
+    from gramlib.tuning.train import train_prompt
 
     learner.load_prompt_params({k: v.to(learner.device) for k, v in theta_star.items()})
     return train_prompt(learner, train_data, train_cfg, grad_transform=regulator_hook(phi_star, reg_cfg), **train_kw)

@@ -61,10 +61,10 @@ def base_class_probe(env: Any, dataset: str, shots: int, seed: int, *, C: float 
     Same few-shot sample, base/new rule and frozen features as the prompt learners of the suite.
     """
     from gramlib.data.coop import subsample_dataset
-    from gramlib.fewshot_features import view_bank
-    from gramlib.protocols import _fewshot
+    from gramlib.tuning.inputs import view_bank
+    from gramlib.experiments.protocols import fewshot_dataset
 
-    base = subsample_dataset(_fewshot(env, dataset, shots, seed), "base")
+    base = subsample_dataset(fewshot_dataset(env, dataset, shots, seed), "base")
     tr = view_bank(env.backbone, base.train, "none", cache_dir=env.feature_cache)  # eval transform, one view
     te = view_bank(env.backbone, base.test, "none", cache_dir=env.feature_cache)
     return linear_probe(tr.views[0].cpu().numpy(), tr.labels.numpy(), te.views[0].cpu().numpy(), te.labels.numpy(), C=C)

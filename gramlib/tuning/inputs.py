@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from gramlib.clip.factory import Backbone
-from gramlib.clip.features import _data_identity, encode_images, eval_transform
+from gramlib.clip.features import data_identity, encode_images, eval_transform
 from gramlib.data.coop import Datum
 from gramlib.data.transforms import load_image, make_transform
 from gramlib.prompts.base import PromptLearner
@@ -82,7 +82,7 @@ class ViewBank:
 
 @dataclass
 class TrainData:
-    """Everything :func:`gramlib.train.train_prompt` needs: inputs, labels, class names.
+    """Everything :func:`gramlib.tuning.train.train_prompt` needs: inputs, labels, class names.
 
     ``text_features`` is set for learners with ``caches_text_features`` (computed once).
     """
@@ -122,7 +122,7 @@ def view_bank(backbone: Backbone, data: Sequence[Datum], policy: str = "none", *
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + v)
             if features:
-                ident = None if n_aug == 0 else [_data_identity(paths), {"view": v, "seed": seed}]
+                ident = None if n_aug == 0 else [data_identity(paths), {"view": v, "seed": seed}]
                 views.append(encode_images(backbone, paths, tf, cache_dir, identity=ident,
                                            desc=f"view {v}").to(backbone.model.logit_scale.device))
             else:
