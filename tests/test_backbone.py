@@ -49,15 +49,17 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_pretraining_resumes_bit_identically(smoke, tmp_path):
     """A run killed after 4 of 8 steps and resumed ends with exactly the weights of a straight run."""
+    from gramlib.checkpoint import checkpoint_step
     from gramlib.clip.pretrain import pretrain
     from gramlib.io import load_safetensors
 
     prof = dataclasses.replace(smoke, backbone=dataclasses.replace(smoke.backbone, steps=8, batch_size=16, threads=1, warmup=2))
     pretrain(prof, tmp_path / "straight", save_every=2)
     pretrain(prof, tmp_path / "resumed", save_every=2, max_steps=4)  # "killed" at step 4
-    assert (tmp_path / "resumed" / "pretrain_state.json").exists()
+    assert checkpoint_step(tmp_path / "resumed" / "ckpt", "pretrain") == 4
     assert not (tmp_path / "resumed" / "backbone.safetensors").exists()
     pretrain(prof, tmp_path / "resumed", save_every=2)
+    assert not (tmp_path / "resumed" / "ckpt").exists()  # the finished run's checkpoint is removed
     a = load_safetensors(tmp_path / "straight" / "backbone.safetensors")
     b = load_safetensors(tmp_path / "resumed" / "backbone.safetensors")
     assert a.keys() == b.keys()

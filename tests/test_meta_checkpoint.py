@@ -125,10 +125,12 @@ def test_commit_is_atomic_and_stale_tensors_are_removed(tmp_path: Path) -> None:
     saved_theta = {k: v.clone() for k, v in state.theta.items()}
     run(state, toy, cfg, 1)
     save_meta_checkpoint(tmp_path, state, cfg)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # the step-1 tensors file was removed
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert [f.split(".")[1] for f in files] == ["optimizer", "params", "rng"]  # one set: the step-1 set was removed
+    assert all(f.startswith("meta_state-step00000002-") for f in files)
     # a run killed after writing a new tensors file but before committing its JSON record:
     record = json.loads((tmp_path / "meta_state.json").read_text())
-    (tmp_path / "meta_state-step00000099-deadbeef.safetensors").write_bytes(b"half-written")
+    (tmp_path / "meta_state-step00000099-deadbeef.params.safetensors").write_bytes(b"half-written")
     fresh = build(cfg)[1]
     loaded = load_meta_checkpoint(tmp_path, fresh)
     assert loaded.step == record["step"] == 2  # the committed checkpoint is what loads
@@ -141,7 +143,7 @@ def _saved(tmp_path: Path) -> tuple[MetaConfig, Path, Path]:
     toy, state = build(cfg)
     run(state, toy, cfg, 1)
     json_path = save_meta_checkpoint(tmp_path, state, cfg)
-    (tensors_path,) = tmp_path.glob("*.safetensors")
+    (tensors_path,) = tmp_path.glob("meta_state-*.params.safetensors")  # theta and phi
     return cfg, json_path, tensors_path
 
 
@@ -169,7 +171,7 @@ def test_corrupt_or_incomplete_json_raises_value_error_naming_it(tmp_path: Path)
     with pytest.raises(ValueError, match="meta_state.json"):
         load_meta_checkpoint(tmp_path, build(cfg)[1])
     record = json.loads(text)
-    del record["optimizers"]
+    del record["state"]["training"]["optimizers"]
     json_path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="meta_state.json"):
         load_meta_checkpoint(tmp_path, build(cfg)[1])

@@ -3,8 +3,9 @@
 A fixed step count, not a time budget: the 2-core machines this runs on are noisy, and the same
 parameters must give the same model. The recipe (AdamW, lr 1e-3, wd 0.1, betas (0.9, 0.98),
 linear warm-up then cosine) follows the throwaway prototype described in DESIGN.md, where the
-schedule mattered more than anything else. Checkpoints are written atomically every
-``save_every`` steps and a killed run resumes from the last one.
+schedule mattered more than anything else. Every ``save_every`` steps the model, optimizer, step and
+RNG states are committed as one set (:mod:`gramlib.checkpoint`, in ``<out_dir>/ckpt``), so a killed
+run resumes from the last one with matching parts, bit-identically.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch.nn.functional as F
 
 from gramlib.clip.factory import build_tiny_clip
 from gramlib.config import Profile
-from gramlib.io import load_safetensors, read_json, save_safetensors, write_json
+from gramlib.checkpoint import (checkpoint_exists, load_checkpoint, remove_checkpoint, restore_training_state,
+                                save_training_checkpoint)
+from gramlib.io import save_safetensors, write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def encode_text_used(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tens
     (equal to float rounding; tested). Mini captions use ~16 of the 24 positions, so the text tower's
     share of a pre-training step (~40 %) shrinks by a third. Needs argmax pooling and a causal mask.
     """
-    from gramlib.prompts.towers import TextTower, encode_text_embeddings
+    from gramlib.clip.towers import TextTower, encode_text_embeddings
 
     if model.text_pool_type != "argmax" or model.attn_mask is None:
         raise ValueError(f"encode_text_used needs a causal text tower with argmax pooling, got pool type "
@@ -146,23 +149,19 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start, history, elapsed = 0, [], 0.0
+    start, history, elapsed, running = 0, [], 0.0, 0.0
 
-    ckpt, state_path = out_dir / "pretrain_ckpt.safetensors", out_dir / "pretrain_state.json"
-    if ckpt.exists() and state_path.exists():
-        state = read_json(state_path)
-        tensors = load_safetensors(ckpt)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt_state = torch.load(out_dir / "pretrain_opt.pt", weights_only=True)
-        opt.load_state_dict(opt_state)
-        gen.set_state(tensors["rng.generator"])
-        start, history, elapsed = state["step"], state["history"], state["elapsed_s"]
+    ckpt = out_dir / CKPT_DIR
+    if checkpoint_exists(ckpt, CKPT_NAME):
+        ck = load_checkpoint(ckpt, CKPT_NAME, kind=CKPT_KIND)
+        restore_training_state(ck, params=model.state_dict(), optimizers={"adamw": opt}, generators={"batches": gen})
+        start = ck.step
+        history, elapsed, running = ck.extra["history"], ck.extra["elapsed_s"], ck.extra["running_loss"]
         log.info("resuming pre-training at step %d", start)
 
     n = len(images)
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
     t0 = time.perf_counter()
-    running = 0.0
     for step in range(start, end):
         lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
@@ -182,7 +181,7 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
             log.info("step %d/%d loss %.3f", step + 1, cfg.steps, running / k)
             running = 0.0
         if (step + 1) % save_every == 0 and step + 1 < cfg.steps:
-            _save_state(model, opt, gen, out_dir, step + 1, history, elapsed + time.perf_counter() - t0)
+            _save_state(model, opt, gen, ckpt, step + 1, history, elapsed + time.perf_counter() - t0, running)
     elapsed += time.perf_counter() - t0
 
     summary = {"arch": cfg.arch, "steps": cfg.steps, "completed_steps": end, "batch_size": cfg.batch_size,
@@ -194,22 +193,22 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
         model.eval()
         save_safetensors(out_dir / "backbone.safetensors", model.state_dict(), metadata={"arch": cfg.arch})
         write_json(out_dir / "backbone.json", summary)
-        for p in (ckpt, state_path, out_dir / "pretrain_opt.pt"):
-            p.unlink(missing_ok=True)
+        remove_checkpoint(ckpt, CKPT_NAME)  # after the result: a kill in between only means retraining
+        if ckpt.is_dir() and not any(ckpt.iterdir()):
+            ckpt.rmdir()
     else:
-        _save_state(model, opt, gen, out_dir, end, history, elapsed)
+        _save_state(model, opt, gen, ckpt, end, history, elapsed, running)
     return summary
 
 
-def _save_state(model, opt, gen, out_dir: Path, step: int, history: list, elapsed: float) -> None:
-    from gramlib.io import atomic_path
+CKPT_DIR, CKPT_NAME, CKPT_KIND = "ckpt", "pretrain", "clip-pretrain"
 
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors["rng.generator"] = gen.get_state()
-    with atomic_path(out_dir / "pretrain_opt.pt") as tmp:
-        torch.save(opt.state_dict(), tmp)
-    save_safetensors(out_dir / "pretrain_ckpt.safetensors", tensors)
-    write_json(out_dir / "pretrain_state.json", {"step": step, "history": history, "elapsed_s": elapsed})
+
+def _save_state(model, opt, gen, ckpt: Path, step: int, history: list, elapsed: float, running: float) -> None:
+    """Model, optimizer, batch generator and global RNGs after ``step`` steps, committed as one set."""
+    save_training_checkpoint(ckpt, CKPT_NAME, step, kind=CKPT_KIND, params=model.state_dict(),
+                             optimizers={"adamw": opt}, generators={"batches": gen},
+                             extra={"history": history, "elapsed_s": elapsed, "running_loss": running})
 
 
 def backbone_dir(profile: Profile) -> Path:
@@ -223,7 +222,7 @@ def load_profile_backbone(profile: Profile, device: str = "cpu"):
     ckpt = backbone_dir(profile) / "backbone.safetensors"
     if profile.backbone.arch in TINY_ARCHS and not ckpt.exists():
         raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of profile "
-                                f"{profile.name!r} first (python -m gramlib.cli pretrain --profile {profile.name})")
+                                f"{profile.name!r} first (gramlib pretrain --profile {profile.name})")
     return build_backbone(profile.backbone, ckpt if ckpt.exists() else None, device=device)
 
 

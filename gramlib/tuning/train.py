@@ -11,9 +11,9 @@ decay in first means a hook that returns zeros really freezes θ, and R^φ regul
 
 Determinism and resume: every epoch's shuffle and view choice come from a generator seeded by
 (seed, epoch), not from a running RNG, so a run resumed from the checkpoint of epoch e replays
-epochs e+1.. exactly (θ identical to an uninterrupted run). A checkpoint is a pair
-``epoch_XXX.safetensors`` (θ, optimizer buffers, RNG state) + ``epoch_XXX.json`` (epoch, config,
-scheduler, optimizer hyper-parameters, history); the JSON is written last and is the commit marker.
+epochs e+1.. exactly (θ identical to an uninterrupted run). The checkpoint is the ``tuning`` set of
+:mod:`gramlib.checkpoint` in ``ckpt_dir`` (θ, optimizer, scheduler, RNG states, history and the
+run's fingerprint, committed as one; its step is the number of completed epochs).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gramlib.checkpoint import checkpoint_step, load_checkpoint, restore_training_state, save_training_checkpoint
 from gramlib.tuning.inputs import TrainData
-from gramlib.io import load_safetensors, read_json, save_safetensors, write_json
 from gramlib.prompts.base import PromptLearner
 
 log = logging.getLogger(__name__)
@@ -138,16 +138,13 @@ def loss_fn(learner: PromptLearner, theta: Mapping[str, Tensor], inputs: Tensor,
 # checkpoints
 
 
-def _ckpt_paths(ckpt_dir: Path, epoch: int) -> tuple[Path, Path]:
-    return ckpt_dir / f"epoch_{epoch:03d}.safetensors", ckpt_dir / f"epoch_{epoch:03d}.json"
+CKPT_NAME = CKPT_KIND = "tuning"
 
 
 def last_checkpoint(ckpt_dir: str | Path | None) -> int | None:
-    """The last epoch whose checkpoint was committed (its JSON exists), or None."""
-    if ckpt_dir is None or not Path(ckpt_dir).is_dir():
-        return None
-    epochs = [int(p.stem.split("_")[1]) for p in Path(ckpt_dir).glob("epoch_*.json")]
-    return max(epochs) if epochs else None
+    """The last (0-based) epoch whose checkpoint was committed, or None."""
+    step = None if ckpt_dir is None else checkpoint_step(ckpt_dir, CKPT_NAME)
+    return None if step is None else step - 1
 
 
 def _fingerprint(learner: PromptLearner, cfg: TrainConfig, n_train: int) -> dict[str, Any]:
@@ -156,53 +153,30 @@ def _fingerprint(learner: PromptLearner, cfg: TrainConfig, n_train: int) -> dict
             "theta": {k: list(v.shape) for k, v in sorted(theta.items())}}
 
 
-def save_checkpoint(ckpt_dir: Path, epoch: int, theta: Mapping[str, Tensor], opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, history: list, fingerprint: dict) -> None:
-    """Write epoch ``epoch``'s checkpoint atomically (tensors, then the JSON marker); drop older ones."""
-    names = sorted(theta)
-    tensors = {f"theta.{k}": theta[k] for k in names}
-    opt_state = opt.state_dict()
-    for idx, state in opt_state["state"].items():
-        for key, value in state.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim.{names[idx]}.{key}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    st, js = _ckpt_paths(ckpt_dir, epoch)
-    save_safetensors(st, tensors, metadata={"epoch": str(epoch)})
-    write_json(js, {"epoch": epoch, "fingerprint": fingerprint, "history": history,
-                    "scheduler": sched.state_dict() | {"lr_lambdas": None},
-                    "optimizer": {"param_groups": opt_state["param_groups"], "names": names}})
-    for old in range(epoch):
-        for p in _ckpt_paths(ckpt_dir, old):
-            p.unlink(missing_ok=True)
+def save_epoch_checkpoint(ckpt_dir: Path, epoch: int, theta: Mapping[str, Tensor], opt: torch.optim.Optimizer,
+                          sched: torch.optim.lr_scheduler.LRScheduler, history: list, fingerprint: dict) -> None:
+    """Commit the state after 0-based epoch ``epoch`` as one set (older sets go after the commit)."""
+    save_training_checkpoint(ckpt_dir, CKPT_NAME, epoch + 1, kind=CKPT_KIND, params={k: theta[k] for k in sorted(theta)},
+                             optimizers={"sgd": opt}, schedulers={"lr": sched},
+                             extra={"fingerprint": fingerprint, "history": history})
 
 
-def load_checkpoint(ckpt_dir: Path, epoch: int, learner: PromptLearner, opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict) -> list:
-    """Restore θ, optimizer, scheduler and RNG from epoch ``epoch``; returns the history so far."""
-    st, js = _ckpt_paths(ckpt_dir, epoch)
-    meta = read_json(js)
-    if meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"{js}: checkpoint was written by a different run "
-                         f"({json.dumps(meta.get('fingerprint'), sort_keys=True)} != "
+def load_epoch_checkpoint(ckpt_dir: Path, theta: Mapping[str, Tensor], opt: torch.optim.Optimizer,
+                          sched: torch.optim.lr_scheduler.LRScheduler, fingerprint: dict) -> tuple[int, list]:
+    """Restore θ, optimizer, scheduler and RNG; returns (last completed 0-based epoch, history so far).
+
+    A checkpoint of another run (config, learner, data size or θ shapes) is refused before anything
+    is touched: resuming it would silently mix two experiments.
+    """
+    ck = load_checkpoint(ckpt_dir, CKPT_NAME, kind=CKPT_KIND)
+    extra = ck.extra if isinstance(ck.extra, dict) else {}
+    if extra.get("fingerprint") != fingerprint:
+        raise ValueError(f"{ck.path}: checkpoint was written by a different run "
+                         f"({json.dumps(extra.get('fingerprint'), sort_keys=True)} != "
                          f"{json.dumps(fingerprint, sort_keys=True)}); use another ckpt_dir or delete it")
-    tensors = load_safetensors(st)
-    names = meta["optimizer"]["names"]
-    learner.load_prompt_params({k: tensors[f"theta.{k}"] for k in names})
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            name, slot = key[len("optim."):].rsplit(".", 1)
-            state.setdefault(names.index(name), {})[slot] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-    sched_state = {k: v for k, v in meta["scheduler"].items() if k != "lr_lambdas"}
-    sched.load_state_dict(sched_state | {"lr_lambdas": [None]})
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return list(meta["history"])
+    restore_training_state(ck, params={k: theta[k] for k in sorted(theta)}, optimizers={"sgd": opt},
+                           schedulers={"lr": sched})
+    return ck.step - 1, list(extra["history"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,8 +207,8 @@ def train_prompt(learner: PromptLearner, train_data: TrainData, cfg: TrainConfig
     fingerprint = _fingerprint(learner, cfg, len(train_data))
     ckpt = Path(ckpt_dir) if ckpt_dir is not None else None
     start, history, resumed = 0, [], None
-    if ckpt is not None and (last := last_checkpoint(ckpt)) is not None:
-        history = load_checkpoint(ckpt, last, learner, opt, sched, fingerprint)
+    if ckpt is not None and last_checkpoint(ckpt) is not None:
+        last, history = load_epoch_checkpoint(ckpt, theta, opt, sched, fingerprint)
         start, resumed = last + 1, last
         log.info("resumed from %s epoch %d", ckpt, last + 1)
     t0 = time.perf_counter()
@@ -264,7 +238,7 @@ def train_prompt(learner: PromptLearner, train_data: TrainData, cfg: TrainConfig
             learner.train()
         history.append(record)
         if ckpt is not None:
-            save_checkpoint(ckpt, epoch, theta, opt, sched, history, fingerprint)
+            save_epoch_checkpoint(ckpt, epoch, theta, opt, sched, history, fingerprint)
     learner.eval()
     return TrainResult({k: v.detach().clone() for k, v in theta.items()}, history, resumed,
                        time.perf_counter() - t0)
