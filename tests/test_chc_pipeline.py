@@ -285,7 +285,7 @@ def test_config_from_dict_and_swappable_submodels():
                                           "vocab": {"min_df": 2}},
                                "domains": {"n_domains": 2}})
     assert cfg.topics.vocab.min_df == 2 and cfg.filter.rule == "absolute" and cfg.domains.n_domains == 2
-    with pytest.raises(ValueError, match="unknown CHC config key"):
+    with pytest.raises(ValueError, match="chc: unknown key 'bogus'"):
         CHCConfig.from_dict({"bogus": 1})
     assert type(build_reducer(TopicConfig(reducer="pca"))).__name__ == "PCA"
     assert type(build_reducer(TopicConfig(reducer="umap"))).__name__ == "UMAP"

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class VocabRule:
     """Which tokens count as words, for eq. 3 and for BERTopic's vectorizer alike.
 

@@ -20,7 +20,7 @@ __all__ = ["DomainConfig", "domains_for_size", "cluster_domains"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DomainConfig:
     """``n_domains`` = U.  A topic with fewer than U pairs gets U' = max(1, n // min_domain_size)
     domains (``small_topic="shrink"``) or one domain (``small_topic="single"``)."""

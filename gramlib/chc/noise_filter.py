@@ -18,7 +18,7 @@ __all__ = ["FilterConfig", "l2_normalize", "pair_scores", "filter_pairs", "filte
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FilterConfig:
     """``rule``: ``"absolute"`` drops score < threshold; ``"percentile"`` drops the pairs below the
     ``threshold``-th percentile of the scores (threshold in [0, 100]); ``"none"`` keeps all."""

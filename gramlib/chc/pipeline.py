@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from gramlib.config import typed
 from gramlib.io import write_json, write_npy, write_text
 
 from .ctfidf import bertopic_topic_words, c_tf_idf_with_counts, topic_words
@@ -33,7 +34,7 @@ __all__ = ["CHCConfig", "CHCResult", "run_chc"]
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CHCConfig:
     """All of CHC's settings, nested per step (a params.yaml block maps onto it via from_dict)."""
 
@@ -48,26 +49,9 @@ class CHCConfig:
     show_progress_bar: bool = True
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CHCConfig":
-        """Build from nested plain dicts (e.g. a params.yaml block); unknown keys raise."""
-        from .ctfidf import VocabRule
-
-        d = dict(d)
-        sub = {"filter": FilterConfig, "domains": DomainConfig}
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k in sub:
-                kw[k] = sub[k](**v)
-            elif k == "topics":
-                v = dict(v)
-                if "vocab" in v:
-                    v["vocab"] = VocabRule(**v["vocab"])
-                kw[k] = TopicConfig(**v)
-            elif k in {f.name for f in dataclasses.fields(cls)}:
-                kw[k] = v
-            else:
-                raise ValueError(f"unknown CHC config key {k!r}")
-        return cls(**kw)
+    def from_dict(cls, d: dict[str, Any], where: str = "chc") -> "CHCConfig":
+        """Build from nested plain dicts (e.g. a params.yaml block); strict (:func:`gramlib.config.typed`)."""
+        return typed(cls, d, where)
 
 
 @dataclass

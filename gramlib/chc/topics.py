@@ -32,7 +32,7 @@ __all__ = ["TopicConfig", "SampledReducer", "TopicFit", "build_reducer", "build_
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopicConfig:
     """Every knob of the semantic topic step (defaults: BERTopic's, except the seeds)."""
 

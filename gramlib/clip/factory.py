@@ -131,8 +131,9 @@ def _load_pretrained(cfg: BackboneConfig, checkpoint: str | os.PathLike | None) 
             "Provide the weights in one of these ways:\n"
             f"  * on a machine with internet: python -c \"import open_clip; open_clip.create_model('{cfg.arch}', "
             f"pretrained='{cfg.pretrained}')\" fills the Hugging Face cache (~/.cache/huggingface), then copy it here;\n"
-            "  * or download the .bin/.safetensors file and pass its path as the checkpoint "
-            "(params.yaml: profiles.paper.backbone_weights)."
+            "  * or download the .bin/.safetensors file and set params.yaml's profiles.<profile>.backbone.pretrained "
+            "to its path (open_clip loads a file path as well as a tag), or pass the path as build_backbone's "
+            "checkpoint."
         ) from exc
 
 

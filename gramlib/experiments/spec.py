@@ -8,11 +8,11 @@ this, so it imports neither.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gramlib.config import deep_merge, load_params
+from gramlib.config import drop_keys, load_params, merge_layers, section_layers, sub_layers, typed
 
 #: a run name ``<variant>_pretrain`` is the "w/o meta-learning" ablation of meta-training variant ``<variant>``
 PRETRAIN_SUFFIX = "_pretrain"
@@ -35,13 +35,6 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: give exactly one of 'learner' or 'meta'")
         if self.meta is not None and self.learner_opts:
             raise ValueError(f"method {self.name!r}: a meta method takes its learner config from the run")
-
-    @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> MethodSpec:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)} - {"name"}
-        if unknown:
-            raise ValueError(f"suite.methods.{name}: unknown keys {sorted(unknown)}")
-        return cls(name=name, **dict(d))
 
 
 @dataclass(frozen=True)
@@ -80,10 +73,25 @@ class Experiment:
 
 
 @dataclass(frozen=True)
+class ExperimentParams:
+    """The keys of a ``suite.experiments.<name>`` block that :func:`suite_config` resolves into an
+    :class:`Experiment`'s methods, seeds, shots, curves and datasets; its other keys are Experiment's own."""
+
+    methods: tuple[str, ...]
+    shots: int
+    seeds: tuple[int, ...] | None = None  # None (or empty): the top-level ``seeds``
+    follow_shots: bool = True  # false: --shots / -p shots does not move this experiment
+    skip: tuple[str, ...] = ()  # methods left out (of ``methods`` and of the tables' rows)
+    with_tables: tuple[str, ...] = ()  # tables (suite.tables) whose rows join ``methods``
+    curves: tuple[str, ...] = ()  # those not run are dropped
+    datasets: tuple[str, ...] | None = None  # None (or empty): the profile's
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     methods: dict[str, MethodSpec]
     experiments: dict[str, Experiment]
-    train: dict[str, dict[str, Any]]  # per-learner TrainConfig overrides of this profile
+    train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-learner TrainConfig overrides of this profile
     workers: int = 2
     tables: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table6/table7: rows in paper order
 
@@ -95,42 +103,56 @@ class SuiteConfig:
 
 def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequence[int] | None = None,
                  shots: int | None = None) -> SuiteConfig:
-    """params.yaml ``suite`` merged with ``suite.profiles.<profile>``; ``seeds``/``shots`` override
-    every experiment that does not pin its own (the top-level ``seeds`` key by default)."""
+    """params.yaml ``suite`` with the profile's overlay ``profiles.<profile>.suite`` deep-merged over it
+    (strict); ``seeds``/``shots`` override every experiment that does not pin its own (the top-level
+    ``seeds`` key by default)."""
+    from gramlib.tuning.train import LEARNER_DEFAULTS, TrainConfig
+
     params = load_params() if params is None else params
-    block = dict(params.get("suite") or {})
-    if not block:
+    layers = section_layers("suite", profile_name, params)
+    if not layers[0][1]:
         raise ValueError("params.yaml has no 'suite' block")
-    block = deep_merge(block, (block.pop("profiles", {}) or {}).get(profile_name) or {})
-    methods = {n: MethodSpec.from_dict(n, d or {}) for n, d in (block.get("methods") or {}).items()}
-    default_seeds = tuple(seeds if seeds is not None else params.get("seeds", (1, 2, 3)))
-    tables = {k: tuple(v) for k, v in (block.get("tables") or {}).items()}
-    for t, rows in tables.items():
+    merged = merge_layers(layers)
+    methods = {}
+    for n in merged.get("methods") or {}:
+        (where, block), *over = sub_layers(layers, "methods", n)
+        methods[n] = typed(MethodSpec, block, where, over=over, fixed={"name": n})
+    (where, block), *over = drop_keys(layers, "methods", "experiments")
+    cfg = typed(SuiteConfig, block, where, over=over, fixed={"methods": methods, "experiments": {}})
+    for learner in cfg.train:  # per-learner TrainConfig overrides
+        if learner not in LEARNER_DEFAULTS:
+            raise ValueError(f"params.yaml: suite.train: unknown learner {learner!r}; "
+                             f"known: {sorted(LEARNER_DEFAULTS)}")
+        (where, block), *over = sub_layers(layers, "train", learner)
+        typed(TrainConfig, block, where, over=over)
+    for t, rows in cfg.tables.items():
         unknown = [m for m in rows if m not in methods]
         if unknown:
-            raise ValueError(f"suite.tables.{t}: unknown methods {unknown}; define them in suite.methods")
+            raise ValueError(f"params.yaml: suite.tables.{t}: unknown methods {unknown}; define them in suite.methods")
+    default_seeds = tuple(seeds if seeds is not None else params.get("seeds", (1, 2, 3)))
+    own = {f.name for f in dataclasses.fields(ExperimentParams)}
     exps = {}
-    for name, d in (block.get("experiments") or {}).items():
-        d = dict(d)
-        skip = set(d.pop("skip", []) or [])
-        listed = list(d.pop("methods"))
-        for t in d.pop("with_tables", []) or []:
-            if t not in tables:
-                raise ValueError(f"suite.experiments.{name}.with_tables: unknown table {t!r}; known: {sorted(tables)}")
-            listed += [m for m in tables[t] if m not in listed]
-        ms = tuple(m for m in listed if m not in skip)
+    for name in merged.get("experiments") or {}:
+        exp_layers = sub_layers(layers, "experiments", name)
+        (where, block), *over = [(w, {k: v for k, v in b.items() if k in own}) for w, b in exp_layers]
+        e = typed(ExperimentParams, block, where, over=over)
+        listed = list(e.methods)
+        for t in e.with_tables:
+            if t not in cfg.tables:
+                raise ValueError(f"params.yaml: suite.experiments.{name}.with_tables: unknown table {t!r}; "
+                                 f"known: {sorted(cfg.tables)}")
+            listed += [m for m in cfg.tables[t] if m not in listed]
+        ms = tuple(m for m in listed if m not in e.skip)
         unknown = [m for m in ms if m not in methods]
         if unknown:
-            raise ValueError(f"suite.experiments.{name}: unknown methods {unknown}; define them in suite.methods")
-        pinned = d.pop("seeds", None)
-        follows = d.pop("follow_shots", True)  # false: --shots / -p shots does not move this experiment
-        exp_shots = shots if shots is not None and follows else d.pop("shots")
-        d.pop("shots", None)
-        exps[name] = Experiment(name=name, methods=ms, seeds=tuple(pinned) if pinned else default_seeds,
-                                shots=int(exp_shots), curves=tuple(c for c in d.pop("curves", []) if c in ms),
-                                datasets=tuple(d.pop("datasets")) if d.get("datasets") else None,
-                                **{k: v for k, v in d.items() if k != "datasets"})
-    return SuiteConfig(methods, exps, dict(block.get("train") or {}), int(block.get("workers", 2)), tables)
+            raise ValueError(f"params.yaml: suite.experiments.{name}: unknown methods {unknown}; "
+                             "define them in suite.methods")
+        (where, block), *over = drop_keys(exp_layers, *own)
+        exps[name] = typed(Experiment, block, where, over=over, fixed={
+            "name": name, "methods": ms, "seeds": e.seeds or default_seeds,
+            "shots": int(shots if shots is not None and e.follow_shots else e.shots),
+            "curves": tuple(c for c in e.curves if c in ms), "datasets": e.datasets or None})
+    return dataclasses.replace(cfg, experiments=exps)
 
 
 def required_runs(cfg: SuiteConfig) -> list[str]:

@@ -85,17 +85,6 @@ class MetaConfig:
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"MetaConfig.reduction must be 'sum' or 'mean', got {self.reduction!r}")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MetaConfig":
-        """Build from a params.yaml block; a nested ``regulator`` mapping becomes a RegulatorConfig."""
-        d = dict(d)
-        if isinstance(d.get("regulator"), Mapping):
-            d["regulator"] = RegulatorConfig(**d["regulator"])
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MetaConfig keys: {sorted(unknown)}")
-        return cls(**d)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -398,6 +387,37 @@ def meta_step(
     return state, metrics
 
 
+# ----------------------------------------------------------------------------------------------
+# looking inside one step (notebook 03 walks through Algorithm 1 with these)
+
+
+def task_gradient(theta: Mapping[str, Tensor], batch: Any, loss_fn: LossFn) -> tuple[Params, Tensor]:
+    """``(grad_theta L(theta, batch), L(theta, batch))``, detached: Algorithm 1 line 5 for one batch.
+
+    The same ``torch.func`` gradient the inner loop takes (under :func:`math_attention`), evaluated
+    once for inspection: the raw support gradient g fed to R^phi, or the query gradient of eq. 12.
+    """
+    with math_attention():
+        g, loss = grad_and_value(loss_fn)(_detach(theta), batch)
+    return _detach(g), loss.detach()
+
+
+def params_norm(a: Mapping[str, Tensor], b: Mapping[str, Tensor] | None = None) -> float:
+    """Euclidean norm of a parameter dict seen as one flat vector; with ``b``, the norm of ``a - b``
+    (e.g. how far one meta-step moved theta or phi)."""
+    total = 0.0
+    for k, v in a.items():
+        d = v.detach() - b[k].detach() if b is not None else v.detach()
+        total += float(d.double().pow(2).sum())
+    return math.sqrt(total)
+
+
+def params_cosine(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
+    """Cosine between two parameter dicts seen as flat vectors (eq. 12's inner product, normalised;
+    the ``grad_cosine`` metric of :func:`meta_step`)."""
+    return float(_cosine(_detach(a), _detach(b)))
+
+
 __all__ = [
     "MetaConfig",
     "MetaGradients",
@@ -409,5 +429,8 @@ __all__ = [
     "meta_gradients",
     "meta_objective",
     "meta_step",
+    "params_cosine",
+    "params_norm",
     "stack_tasks",
+    "task_gradient",
 ]

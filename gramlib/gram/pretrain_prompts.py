@@ -12,7 +12,6 @@ from "meta-learning on that data".
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -24,11 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from gramlib.config import Profile, get_profile, load_params
+from gramlib.config import Profile, get_profile, load_params, merge_layers, section_layers, sub_layers, typed
 from gramlib.tuning.inputs import TrainData, ViewBank, class_text_bank
 from gramlib.io import save_safetensors, write_json
 from gramlib.gram.meta import MetaConfig
-from gramlib.gram.meta_train import (MetaTrainConfig, build_meta_learner, load_meta_data, meta_params)
+from gramlib.gram.meta_data import load_meta_data
+from gramlib.gram.meta_train import build_meta_learner
+from gramlib.gram.run_config import MetaTrainConfig, meta_layers
 from gramlib.gram.regulator import init_regulator
 from gramlib.gram.tasks import TaskConfig
 
@@ -52,11 +53,9 @@ class PretrainConfig:
     threads: int = 1
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PretrainConfig keys: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "meta.pretrain") -> PretrainConfig:
+        """Strict (:func:`gramlib.config.typed`)."""
+        return typed(cls, d, where)
 
 
 def classification_data(pool_classnames: Sequence[str], members: Sequence[Sequence[np.ndarray]]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -109,25 +108,15 @@ def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str |
 
 def pretrain_config(profile_name: str, variant: str | None = None, params: dict | None = None) -> PretrainConfig:
     """The ablation of a meta-training variant: its learner and task source, ``meta.pretrain``'s recipe."""
-    base = meta_params(profile_name, variant, params)
-    return PretrainConfig.from_dict({"learner": base.get("learner", "coop"), "learner_cfg": base.get("learner_cfg", {}),
-                                     "task_source": base.get("task_source", "chc"), **(base.get("pretrain", {}) or {})})
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="prompt pre-training by classification (w/o meta-learning)")
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--variant", default=None,
-                    help="take the learner and task source of this meta-training variant (e.g. unigram)")
-    ap.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/<variant>_pretrain (no_meta)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    name = a.profile or load_params().get("profile", "mini")
-    prof = get_profile(name)
-    cfg = pretrain_config(name, a.variant)
-    out = Path(a.out) if a.out else prof.artifacts / "meta" / (f"{a.variant}_pretrain" if a.variant else "no_meta")
-    print(pretrain_prompts(prof, cfg, out)["history"][-1])
-
-
-if __name__ == "__main__":
-    main()
+    params = load_params() if params is None else params
+    layers = meta_layers(profile_name, variant, params)  # checks the variants' other keys
+    # every pretrain block of the section on its own, whichever run is asked for: a typo fails with its key path
+    section = section_layers("meta", profile_name, params)
+    blocks = sub_layers(section, "pretrain") + [layer for v in merge_layers(sub_layers(section, "variants"))
+                                                for layer in sub_layers(section, "variants", v, "pretrain")]
+    for where, block in blocks:
+        typed(PretrainConfig, block, where)
+    run = merge_layers(layers)
+    base = {"learner": run.get("learner", "coop"), "learner_cfg": run.get("learner_cfg", {}),
+            "task_source": run.get("task_source", "chc")}
+    return typed(PretrainConfig, base, "meta", over=sub_layers(layers, "pretrain"))

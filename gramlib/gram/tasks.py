@@ -26,9 +26,8 @@ Reproduction notes (choices the paper leaves open):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +54,6 @@ class TaskConfig:
                 raise ValueError(f"TaskConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.ways < 2:
             raise ValueError(f"a classification task needs at least 2 ways, got {self.ways}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TaskConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TaskConfig keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
