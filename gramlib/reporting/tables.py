@@ -8,7 +8,9 @@ for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -235,3 +237,90 @@ def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.
                             _std(per[metric]), len(per)] for metric in ("base", "new", "H") if len(per)],
                           columns=TABLE_COLUMNS)
     return pd.concat([out[TABLE_COLUMNS], spread], ignore_index=True) if len(spread) else out[TABLE_COLUMNS].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables 2-5: prompts tuned on the source, applied unchanged to targets (notebooks/11_transfer_tables.ipynb)
+
+
+class TransferSpec(NamedTuple):
+    """Which rows one transfer table shows and where it goes."""
+
+    experiment: str  # params.yaml suite.experiments entry whose rows it reads (its shots: 16 or 4)
+    view: str  # protocol of the rows: cross_domain (the source's shifted variants) | cross_dataset (other datasets)
+    slug: str  # output stem: reports/tables/table<number>_<slug>.{csv,md,provenance.json}
+    number: int  # the paper's table number (gramlib/reference/paper_tables.csv)
+    title: str  # "<view> generalisation", completed with the shot count in the provenance title
+
+    @property
+    def stem(self) -> str:
+        return f"table{self.number}_{self.slug}"
+
+
+TRANSFER_TABLES: dict[str, TransferSpec] = {
+    "table2": TransferSpec("transfer16", "cross_domain", "cross_domain", 2, "cross-domain generalisation"),
+    "table3": TransferSpec("transfer16", "cross_dataset", "cross_dataset", 3, "cross-dataset generalisation"),
+    "table4": TransferSpec("transfer4", "cross_domain", "cross_domain_4shot", 4, "cross-domain generalisation"),
+    "table5": TransferSpec("transfer4", "cross_dataset", "cross_dataset_4shot", 5, "cross-dataset generalisation"),
+}
+# the rows of Tables 2-5, in the paper's order (those the experiment ran are shown)
+TRANSFER_METHODS = ("CLIP", "CoOp", "CoCoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "VPT+GRAM")
+TRANSFER_NOTEBOOK = "notebooks/11_transfer_tables.ipynb"
+
+
+@dataclass
+class TransferReport:
+    """One of Tables 2-5, built from the suite's rows (and written, see :func:`transfer_report`)."""
+
+    key: str  # "table2" ... "table5"
+    spec: TransferSpec
+    rows: pd.DataFrame  # the experiment's result rows (both views)
+    stamp: dict[str, Any]  # provenance of the rows (:func:`gramlib.experiments.suite.experiment_rows`)
+    methods: list[str]  # TRANSFER_METHODS that the experiment ran
+    table: pd.DataFrame  # TABLE_COLUMNS: source, each target and Average (over the targets)
+    markdown: str  # ours, in the paper's layout
+    check: pd.DataFrame  # direction_check of the GRAM pairs on the target average and on the source
+    paper_deltas: pd.DataFrame  # gram_deltas of the paper's own table on its target average
+    headline: str  # "Target average: <method> <mean>, ..."
+    title: str  # "Table <N>: <view> generalisation (<shots> shots)"
+    paths: dict[str, Path] = field(default_factory=dict)  # what was written (empty when not written)
+
+
+def transfer_report(key: str, profile: Any, reports_dir: str | Path | None = None, *,
+                    seeds: Sequence[int] | None = None, shots: int | None = None, run: bool = False,
+                    notebook: str = TRANSFER_NOTEBOOK) -> TransferReport:
+    """Build Table 2, 3, 4 or 5 (``key`` of :data:`TRANSFER_TABLES`) and, with ``reports_dir``, write
+    ``<reports_dir>/tables/table<N>_<slug>.{csv,md,provenance.json}`` (:func:`save_table`).
+
+    ``profile`` is a Profile or a profile name; ``seeds``/``shots``/``run`` are passed to
+    :func:`gramlib.experiments.suite.experiment_rows` (None: the DVC stage's rows). The direction
+    check compares the GRAM pairs' effect on the target average and on the source with the paper's.
+    """
+    from gramlib.config import get_profile
+    from gramlib.experiments.suite import experiment_rows
+    from gramlib.reference import paper_table
+
+    if key not in TRANSFER_TABLES:
+        raise ValueError(f"unknown transfer table {key!r}; known: {sorted(TRANSFER_TABLES)}")
+    spec = TRANSFER_TABLES[key]
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    rows, stamp = experiment_rows(prof, spec.experiment, seeds=seeds, shots=shots, run=run)
+    ran = set(rows["method"])
+    methods = [m for m in TRANSFER_METHODS if m in ran]
+    table = transfer_table(rows, spec.view, stamp["shots"], prof.source)
+    markdown = transfer_markdown(table, prof.source, methods)
+    ref = paper_table(spec.number)
+    metric = f"acc_{stamp['shots']}shot"
+    check = pd.concat([direction_check(table, spec.number, [metric], dataset=d, paper_dataset=pd_).assign(where=w)
+                       for d, pd_, w in (("Average", "Average", "target average"),
+                                         (prof.source, ref["dataset"].iloc[0], "source"))],
+                      ignore_index=True)
+    paper_deltas = gram_deltas(ref.rename(columns={"value": "mean"}), str(ref["metric"].iloc[0]), "Average")
+    avg = table[table["dataset"] == "Average"].set_index("method")["mean"]
+    headline = "Target average: " + ", ".join(f"{m} {avg[m]:.2f}" for m in methods if m in avg.index)
+    title = f"Table {spec.number}: {spec.title} ({stamp['shots']} shots)"
+    report = TransferReport(key, spec, rows, stamp, methods, table, markdown, check, paper_deltas, headline, title)
+    if reports_dir is not None:
+        report.paths = save_table(table, spec.number, spec.slug, reports_dir, markdown,
+                                  {**stamp, "title": title, "headline": headline, "notebook": notebook})
+    return report
