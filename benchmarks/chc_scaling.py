@@ -84,7 +84,8 @@ def run_one(n: int, pool_path: Path, cache_dir: Path, fit_sample: int, sigma: fl
 
     torch.set_num_threads(2)
     from gramlib.chc import CHCConfig, DomainConfig, FilterConfig, TopicConfig, run_chc
-    from gramlib.chc.stage import chc_params, clean_captions, text_config
+    from gramlib.chc.captions import clean_captions
+    from gramlib.chc.stage import chc_params, text_config
 
     t0 = time.perf_counter()
     caps = clean_captions(generate_captions(n), text_config("mini"))
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(a.one, pool_path, a.cache, a.fit_sample, a.sigma)))
         return
 
-    from gramlib.chc.stage import clean_captions, text_config
+    from gramlib.chc.captions import clean_captions
+    from gramlib.chc.stage import text_config
 
     # pool: every distinct cleaned caption of the largest size (the cleaned vocabulary is small)
     all_caps = clean_captions(generate_captions(max(a.sizes)), text_config("mini"))

@@ -33,7 +33,10 @@ import torch.nn.functional as F
 from gramlib.config import REPO, get_profile
 from gramlib.io import write_json
 from gramlib.gram.meta import init_meta_state, math_attention, meta_step
-from gramlib.gram.meta_train import (TaskLoss, build_meta_learner, load_meta_data, meta_batch, meta_train_config)
+from gramlib.gram.meta_data import load_meta_data
+from gramlib.gram.meta_train import build_meta_learner
+from gramlib.gram.run_config import meta_train_config
+from gramlib.gram.task_loss import TaskLoss, meta_batch
 from gramlib.gram.regulator import init_regulator, regulate_gradient
 from gramlib.gram.tasks import sample_tasks
 

@@ -1,7 +1,7 @@
 """Tuning units with the text tower over the positions a batch uses vs. the whole context.
 
-``gramlib.prompts.towers.text_forward`` drops the positions after a batch's last end-of-text token
-(:func:`gramlib.prompts.towers.used_positions`): the text tower is causal and pools at the end token,
+``gramlib.clip.towers.text_forward`` drops the positions after a batch's last end-of-text token
+(:func:`gramlib.clip.towers.used_positions`): the text tower is causal and pools at the end token,
 so they never reach a feature. The naive baseline runs every prompt over the full context, as
 open_clip's ``encode_text`` and the CoOp reference code do. Same units of the suite (base-to-new,
 one dataset, one seed), same process, alternating modes, each measured ``--repeats`` times; the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from gramlib.config import get_profile, load_params  # noqa: E402
 from gramlib.io import write_json  # noqa: E402
-from gramlib.prompts import towers  # noqa: E402
+from gramlib.clip import towers  # noqa: E402
 from gramlib.experiments.protocols import load_env  # noqa: E402
 from gramlib.experiments.suite import Unit, run_suite_unit, suite_config  # noqa: E402
 

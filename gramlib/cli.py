@@ -1,7 +1,18 @@
-"""Command-line entry points of the DVC stages that are not notebooks.
+"""``gramlib <command> --profile <name>``: the one command line of the project; every DVC stage calls it.
 
-    python -m gramlib.cli world    --profile mini   # generate the mini world (data/<profile>/)
-    python -m gramlib.cli pretrain --profile mini   # pre-train the tiny CLIP (artifacts/<profile>/backbone/)
+    gramlib world      --profile mini              # generate the mini world (data/<profile>/)
+    gramlib pretrain   --profile mini              # pre-train the tiny CLIP (artifacts/<profile>/backbone/)
+    gramlib chc        --profile mini              # §3.2: topics and visual domains of the web corpus
+    gramlib meta-train --profile mini [--runs a,b] # §3.3: every meta-training run the experiments use
+    gramlib meta-run   --profile mini --variant coop_gram --out DIR   # one run, anywhere (no fingerprint)
+    gramlib suite      --profile mini --experiment base2new [--seeds 4,5 --shots 8 --out-dir DIR]
+    gramlib index      --reports reports           # reports/README.md
+    gramlib stage-config --profile mini --stage suite@base2new        # what a stage reads, resolved
+    gramlib dvc-yaml                               # write dvc.yaml from gramlib/pipeline.py
+
+Every command reads ``params.yaml`` (``--params`` for another file) and the profile named by
+``--profile`` (default: the file's ``profile``). Bad input exits with status 2 and one line naming
+the file, key or option; ``-v`` logs progress.
 """
 
 from __future__ import annotations
@@ -10,35 +21,162 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from gramlib.config import get_profile
+from gramlib.config import REPO, Profile, get_profile, load_params
+
+Command = Callable[[Profile, dict, argparse.Namespace], Any]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gramlib.cli")
-    parser.add_argument("command", choices=["world", "pretrain"])
-    parser.add_argument("--profile", default=None, help="profile name in params.yaml (default: its 'profile')")
-    parser.add_argument("--params", default=None, help="path of params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    kwargs = {"path": args.params} if args.params else {}
+def _ints(s: str) -> tuple[int, ...]:
     try:
-        profile = get_profile(args.profile, **kwargs)
-    except (ValueError, FileNotFoundError) as exc:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from exc
+
+
+def _world(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.world.build import build_world
+
+    return {"timings": build_world(profile).get("timings")}
+
+
+def _pretrain(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.clip.pretrain import pretrain_or_describe
+
+    s = pretrain_or_describe(profile)
+    return {"seconds": s.get("seconds"), "final_loss": s.get("final_loss")}
+
+
+def _chc(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.chc.evaluation import REPORT_KEYS
+    from gramlib.chc.stage import run_stage
+
+    res = run_stage(profile.name)
+    return {k: res.metrics.get(k) for k in REPORT_KEYS}
+
+
+def _meta_train(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.experiments.meta_runs import ensure_runs
+    from gramlib.experiments.spec import suite_config
+
+    workers = a.workers or suite_config(profile.name, params).workers
+    return ensure_runs(profile, a.runs.split(",") if a.runs else None, workers, params)
+
+
+def _meta_run(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from gramlib.gram.meta_train import meta_train
+    from gramlib.gram.run_config import meta_train_config
+
+    cfg = meta_train_config(profile.name, a.variant, params)
+    if a.steps is not None:
+        cfg = dataclasses.replace(cfg, steps=a.steps)
+    out = Path(a.out) if a.out else profile.artifacts / "meta" / a.variant
+    res = meta_train(profile, cfg, out)
+    return {k: res.summary.get(k) for k in ("train_s", "steps_per_s", "grad_cosine_start", "grad_cosine_end",
+                                            "meta_loss_start", "meta_loss_end")}
+
+
+def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.experiments.spec import suite_config
+    from gramlib.experiments.suite import run_experiment
+
+    cfg = suite_config(profile.name, params, seeds=a.seeds, shots=a.shots)
+    out_dir = Path(a.out_dir) if a.out_dir else profile.artifacts / "suite"
+    for exp in a.experiment:
+        t0 = time.perf_counter()
+        run_experiment(profile, cfg, exp, out_dir / f"{exp}.csv", workers=a.workers, threads=a.threads,
+                       progress=lambda s: print(s, flush=True))
+        print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _index(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.reporting.index import write_index
+
+    reports = Path(a.reports) if Path(a.reports).is_absolute() else REPO / a.reports
+    return str(write_index(reports))
+
+
+def _stage_config(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.stage_config import stage_config, write_stage_configs
+
+    if a.out:
+        return [str(p) for p in write_stage_configs(profile, params, Path(a.out))]
+    import json
+
+    print(json.dumps(stage_config(a.stage, profile, params), indent=2, sort_keys=True, default=str))
+
+
+def _dvc_yaml(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.pipeline import DVC_YAML, render, write
+
+    if a.check:
+        if DVC_YAML.read_text() != render():
+            raise ValueError(f"{DVC_YAML} differs from gramlib/pipeline.py: run `gramlib dvc-yaml`")
+        return f"{DVC_YAML}: up to date"
+    return str(write())
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    ap = argparse.ArgumentParser(prog="gramlib", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="command")
+    commands: dict[str, Command] = {}
+
+    def add(name: str, fn: Command, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--profile", default=None, help="a profile of params.yaml (default: its 'profile')")
+        p.add_argument("--params", default=None, help="parameters file (default: params.yaml of the repository)")
+        p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+        commands[name] = fn
+        return p
+
+    add("world", _world, "generate the profile's world (mini/smoke): corpora and CoOp-layout datasets")
+    add("pretrain", _pretrain, "pre-train the profile's tiny CLIP (or check the paper backbone's weights)")
+    add("chc", _chc, "cross-modal hierarchical clustering (§3.2) of the profile's web corpus")
+    p = add("meta-train", _meta_train, "every meta-training run the experiments use (kept while current)")
+    p.add_argument("--runs", default=None, help="comma-separated run names (default: all the suite needs)")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs (default: suite.workers)")
+    p = add("meta-run", _meta_run, "one meta-training run of a variant (no fingerprint; for experiments by hand)")
+    p.add_argument("--variant", default="coop_gram", help="a key of meta.variants")
+    p.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/<variant>")
+    p.add_argument("--steps", type=int, default=None)
+    p = add("suite", _suite, "run experiments of suite.experiments (resumes finished units)")
+    p.add_argument("--experiment", required=True, action="append", help="an experiment name (repeatable)")
+    p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")
+    p.add_argument("--seeds", type=_ints, default=None, help="comma-separated; default: params.yaml seeds")
+    p.add_argument("--shots", type=int, default=None, help="override the shots of experiments that follow it")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p = add("index", _index, "write the reports index (reports/README.md)")
+    p.add_argument("--reports", default="reports")
+    p = add("stage-config", _stage_config, "the resolved parameters a pipeline stage reads (JSON)")
+    p.add_argument("--stage", default=None, help="a stage name, e.g. chc or suite@base2new")
+    p.add_argument("--out", default=None, help="write every stage's JSON into this folder instead")
+    p = add("dvc-yaml", _dvc_yaml, "write dvc.yaml from gramlib/pipeline.py (the pipeline as data)")
+    p.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    return ap, commands
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap, commands = build_parser()
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    try:
+        params = load_params(a.params) if a.params else load_params()
+        profile = get_profile(a.profile, params=params, **({"path": a.params} if a.params else {}))
+        result = commands[a.command](profile, params, a)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    if args.command == "world":
-        from gramlib.world.build import build_world
-
-        manifest = build_world(profile)
-        print(f"world for profile {profile.name!r}: {manifest.get('timings')}")
-    elif args.command == "pretrain":
-        from gramlib.clip.pretrain import pretrain_or_describe
-
-        summary = pretrain_or_describe(profile)
-        print(f"backbone for profile {profile.name!r}: {summary.get('seconds')} s, final loss {summary.get('final_loss')}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
+    if result is not None:
+        print(result)
+    print(f"{a.command}: done in {time.perf_counter() - t0:.1f} s", flush=True)
     return 0
 
 

@@ -14,16 +14,9 @@ import pytest
 from PIL import Image
 
 from fixtures import make_shards, raw_tar
-from gramlib.chc.stage import (
-    REPORT_KEYS,
-    accepted_topic_words,
-    chc_config,
-    chc_params,
-    load_corpus,
-    load_stage,
-    report_metrics,
-    run_stage,
-)
+from gramlib.chc.evaluation import REPORT_KEYS, accepted_topic_words, report_metrics
+from gramlib.chc.stage import chc_config, chc_params, load_stage, run_stage
+from gramlib.data.corpus import load_corpus
 
 
 def _jpeg() -> bytes:
@@ -40,13 +33,15 @@ def stage(smoke, tmp_path_factory):
 
 
 def test_params_block_merges_profile_overrides():
-    params = {"chc": {"topics": {"min_cluster_size": 60, "n_neighbors": 30}, "filter": {"threshold": 10.0},
-                      "profiles": {"smoke": {"topics": {"min_cluster_size": 15}}}}}
+    params = {"chc": {"topics": {"min_cluster_size": 60, "n_neighbors": 30}, "filter": {"threshold": 10.0}},
+              "profiles": {"smoke": {"chc": {"topics": {"min_cluster_size": 15}}}, "mini": {}}}
     assert chc_params("smoke", params)["topics"] == {"min_cluster_size": 15, "n_neighbors": 30}
     assert chc_params("mini", params)["topics"]["min_cluster_size"] == 60
-    assert "profiles" not in chc_params("mini", params)
-    with pytest.raises(ValueError, match="unknown CHC config key"):
-        chc_config("mini", {"chc": {"bogus": 1}})
+    assert chc_config("smoke", params).topics.min_cluster_size == 15
+    with pytest.raises(ValueError, match="params.yaml: chc: unknown key 'bogus'"):
+        chc_config("mini", {"chc": {"bogus": 1}, "profiles": {"mini": {}}})
+    with pytest.raises(ValueError, match="params.yaml: profiles.smoke.chc.topics: unknown key 'min_cluster'"):
+        chc_config("smoke", {"profiles": {"smoke": {"chc": {"topics": {"min_cluster": 3}}}}})
 
 
 def test_stage_writes_artifacts(stage):
@@ -137,7 +132,7 @@ def test_empty_shard_and_bad_captions_are_skipped_with_counts(smoke, tmp_path, c
 def test_shared_corpus_is_decoded_once_until_a_shard_changes(smoke, tmp_path):
     import os
 
-    from gramlib.chc.stage import load_corpus_shared
+    from gramlib.data.corpus import load_corpus_shared
 
     cc = tmp_path / "cc3m"
     cc.mkdir()

@@ -12,8 +12,11 @@ import torch
 
 from gramlib.tuning.inputs import TrainData, ViewBank
 from gramlib.gram.meta import MetaConfig, math_attention
-from gramlib.gram.meta_train import (MetaTrainConfig, TaskLoss, build_meta_learner, load_meta_data, load_meta_result,
-                                meta_batch, meta_train, meta_train_config, regulator_hook, tune_with_regulator)
+from gramlib.gram.meta_data import load_meta_data
+from gramlib.gram.meta_train import build_meta_learner, meta_train
+from gramlib.gram.run_config import MetaTrainConfig, meta_train_config
+from gramlib.gram.task_loss import TaskLoss, meta_batch
+from gramlib.gram.test_time import load_meta_result, regulator_hook, tune_with_regulator
 from gramlib.gram.regulator import RegulatorConfig
 from gramlib.gram.tasks import TaskConfig, sample_tasks
 
@@ -218,8 +221,8 @@ def test_profile_variant_override_of_an_unknown_variant_is_an_error():
     from gramlib.config import load_params
 
     params = copy.deepcopy(load_params())
-    params["meta"]["profiles"]["mini"]["variants"]["ghost"] = {"steps": 1}
-    with pytest.raises(ValueError, match="unknown variant"):
+    params["profiles"]["mini"]["meta"]["variants"]["ghost"] = {"steps": 1}
+    with pytest.raises(ValueError, match=r"profiles.mini.meta.variants: unknown variant\(s\) \['ghost'\]"):
         meta_train_config("mini", "coop_gram", params)
 
 

@@ -273,7 +273,7 @@ def test_load_prompt_params(tiny):
 def test_text_tower_runs_only_the_used_positions_and_computes_the_same(name, monkeypatch):
     """text_forward drops the positions after the last end token (causal tower, end-token pooling):
     features, gradients and per-block feature-shift norms equal the full-context computation."""
-    from gramlib.prompts import towers
+    from gramlib.clip import towers
     from gramlib.restore import feature_shift_norms
 
     model, tok = build_tiny_clip(seed=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pandas as pd
@@ -16,14 +15,12 @@ from gramlib.reference.audit import harmonic_mean
 from gramlib.reporting.tables import base_to_new_table
 from gramlib.experiments.protocols import (
     COLUMNS,
-    ProtocolConfig,
     append_rows,
     check_classnames,
     load_env,
-    main,
     make_learner,
-    run_protocol,
-    units,
+    run_unit,
+    unit_data,
 )
 
 FAST = {"epochs": 2, "batch_size": 32}
@@ -37,8 +34,7 @@ def env(smoke, tmp_path_factory):
 def test_base2new_sampling_rules(env):
     """K shots per class sampled on ALL classes first, then base = first ceil(n/2) labels, relabelled."""
     name, k, seed = env.profile.datasets[0], 4, 2
-    pcfg = ProtocolConfig("base2new", ("coop",), (seed,), (k,), (name,))
-    ((method, s, shots, base, targets),) = list(units(env, pcfg))
+    base, targets = unit_data(env, "base2new", name, k, seed)
     full = load_dataset(env.coop_root, name)
     n = full.num_classes
     m = math.ceil(n / 2)
@@ -67,11 +63,14 @@ def test_base2new_sampling_rules(env):
 
 def test_cross_protocol_targets(env):
     prof = env.profile
-    (_, _, _, src, targets), *_ = list(units(env, ProtocolConfig("cross_domain", ("coop",), (1,), (4,))))
-    assert src.name == prof.source and [t.dataset for t in targets] == [prof.source, *prof.variants]
-    (_, _, _, src, targets), *_ = list(units(env, ProtocolConfig("cross_dataset", ("coop",), (1,), (4,))))
-    assert [t.dataset for t in targets] == [prof.source, *[d for d in prof.datasets if d != prof.source]]
-    assert all(len(t.data) > 0 for t in targets)
+    src, targets = unit_data(env, "transfer", prof.source, 4, 1)
+    others = [d for d in prof.datasets if d != prof.source]
+    assert src.name == prof.source and [t.dataset for t in targets] == [prof.source, *prof.variants, *others]
+    assert all(len(t.data) > 0 for t in targets) and {t.split for t in targets} == {"test"}
+    base, with_train = unit_data(env, "base2new", prof.source, 4, 1, train_split=True)
+    assert [t.split for t in with_train] == ["base", "new", "train"] and with_train[2].data == base.train
+    with pytest.raises(ValueError, match="unknown protocol 'cross_domain'"):
+        unit_data(env, "cross_domain", prof.source, 4, 1)
 
 
 def test_feature_banks(env):
@@ -107,8 +106,11 @@ def test_feature_banks(env):
 def test_run_base2new_writes_tidy_rows(env, tmp_path):
     out = tmp_path / "results.csv"
     name = env.profile.datasets[0]
-    pcfg = ProtocolConfig("base2new", ("zeroshot", "coop"), (1,), (4,), (name,), train=FAST)
-    df = run_protocol(env, pcfg, out)
+    base, targets = unit_data(env, "base2new", name, 4, 1)
+    rows = [r for m in ("zeroshot", "coop")
+            for r in run_unit(env, "base2new", m, 1, 4, None if m == "zeroshot" else base, targets, train=FAST)]
+    append_rows(out, rows)
+    df = pd.DataFrame(rows, columns=COLUMNS)
     on_disk = pd.read_csv(out)
     assert list(on_disk.columns) == COLUMNS and len(on_disk) == len(df)
     zs, coop = df[df.method == "zeroshot"], df[df.method == "coop"]
@@ -117,7 +119,7 @@ def test_run_base2new_writes_tidy_rows(env, tmp_path):
     assert df.accuracy.between(0, 100).all() and (df.n_test > 0).all()
     assert (coop.runtime_s > 0).all() and set(df.profile) == {env.profile.name}
     # appending keeps one header; a file with other columns is refused
-    run_protocol(env, dataclasses.replace(pcfg, methods=("zeroshot",)), out)
+    append_rows(out, run_unit(env, "base2new", "zeroshot", 1, 4, None, targets))
     assert len(pd.read_csv(out)) == len(df) + 2
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
@@ -143,18 +145,16 @@ def test_harmonic_mean_on_averaged_accuracies():
 
 def test_bad_inputs(env, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown method.*'coopp'.*known: zeroshot, coop"):
-        ProtocolConfig("base2new", ("zeroshot", "coopp"))
-    with pytest.raises(ValueError, match="unknown protocol"):
-        ProtocolConfig("base_to_old")
-    assert main(["--profile", "smoke", "--methods", "coopp", "--out", str(tmp_path / "x.csv")]) == 2
-    assert "unknown method" in capsys.readouterr().err
+        make_learner(env, "coopp", "a photo of a {}.")
+    from gramlib.cli import main
+
+    assert main(["suite", "--profile", "smoke", "--experiment", "nope", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown experiment 'nope'" in capsys.readouterr().err
     # more shots than a class provides: a clear error before anything trains
     name = env.profile.datasets[0]
     per_class = pd.Series([d.label for d in load_dataset(env.coop_root, name).train]).value_counts().min()
-    pcfg = ProtocolConfig("base2new", ("coop",), (1,), (int(per_class) + 1,), (name,), train=FAST)
     with pytest.raises(ValueError, match=rf"{per_class + 1} shots were requested"):
-        run_protocol(env, pcfg, tmp_path / "y.csv")
-    assert not (tmp_path / "y.csv").exists()
+        unit_data(env, "base2new", name, int(per_class) + 1, 1)
     # a class name longer than the tokenizer's context
     long_name = " ".join(["hydrant"] * 40)
     for method in ("coop", "zeroshot", "vpt"):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from gramlib.tuning.inputs import TrainData, ViewBank
 from gramlib.learners import build_learner
 from gramlib.prompts.ivlp import DEFAULT_DEPTH, resolve_depth
-from gramlib.prompts.towers import TextTower
+from gramlib.clip.towers import TextTower
 from gramlib.restore import (
     apply_surgery,
     feature_shift_consistency,

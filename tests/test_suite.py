@@ -14,7 +14,8 @@ import pytest
 from gramlib.config import load_params
 from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
 from gramlib.reporting.index import build_index
-from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, _label_transfer, run_experiment, suite_config,
+from gramlib.experiments.protocols import label_transfer
+from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, run_experiment, suite_config,
                            unit_runtime, units)
 from gramlib.reporting.tables import TABLE_COLUMNS, describe_check, direction_check, save_table
 
@@ -72,7 +73,7 @@ def test_train_split_scores_the_k_shot_training_images(smoke, tmp_path, params):
     (lambda p: p["suite"]["experiments"]["base2new"]["methods"].append("NoSuchMethod"), "unknown methods"),
     (lambda p: p["suite"]["tables"].update(table6=["Nope"]), "suite.tables.table6"),
     (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "meta": "coop_gram"}), "exactly one"),
-    (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "lr": 1}), "unknown keys"),
+    (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "lr": 1}), "suite.methods.Bad: unknown key 'lr'"),
     (lambda p: p["suite"]["experiments"]["overfit"].update(protocol="sideways"), "protocol must be"),
     (lambda p: p["suite"]["experiments"]["transfer4"].update(train_split=True), "train_split"),
 ])
@@ -89,7 +90,7 @@ def test_units_and_transfer_labels(smoke):
     t = units(smoke, Experiment("t", "transfer", 4, ("CoOp",), (1,)))
     assert [u.dataset for u in t] == [smoke.source]
     rows = [{"dataset": d, "accuracy": 1.0} for d in [smoke.source, smoke.variants[0], smoke.datasets[1]]]
-    labelled = _label_transfer(rows, smoke)
+    labelled = label_transfer(rows, smoke)
     assert [(r["dataset"], r["protocol"]) for r in labelled] == [
         (smoke.source, "cross_domain"), (smoke.source, "cross_dataset"),
         (smoke.variants[0], "cross_domain"), (smoke.datasets[1], "cross_dataset")]
@@ -191,12 +192,12 @@ def test_train_run_then_current_then_stale(smoke, params, tmp_path):
 
     shutil.copytree(backbone_dir(smoke), backbone_dir(prof))
     p = copy.deepcopy(params)
-    p["meta"]["profiles"]["smoke"]["steps"] = 3
+    p["profiles"]["smoke"]["meta"]["steps"] = 3
     assert not meta_runs.is_current(prof, "coop_gram", p)
     info = meta_runs.train_run(prof, "coop_gram", p)
     assert info["name"] == "coop_gram" and meta_runs.is_current(prof, "coop_gram", p)
     assert meta_runs.ensure_runs(prof, ["coop_gram"], params=p) == []  # nothing to do
-    p["meta"]["profiles"]["smoke"]["steps"] = 4
+    p["profiles"]["smoke"]["meta"]["steps"] = 4
     assert not meta_runs.is_current(prof, "coop_gram", p)
 
 

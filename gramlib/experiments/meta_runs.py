@@ -8,25 +8,24 @@ code of the method, the backbone and the CHC pairs) differs from the one stored 
 run. So a `dvc repro` after an edit retrains exactly the runs the edit touches, a killed stage resumes
 from each run's checkpoint, and no finished run is mistaken for a current one.
 
-CLI: ``python -m gramlib.experiments.meta_runs --profile mini [--workers 2]``.
+CLI: ``gramlib meta-train --profile mini [--workers 2]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import logging
 import multiprocessing as mp
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gramlib.config import REPO, Profile, get_profile, load_params
+from gramlib.config import REPO, Profile, load_params
+from gramlib.code_deps import code_hash
 from gramlib.experiments.spec import PRETRAIN_SUFFIX, suite_config
 from gramlib.experiments.spec import required_runs as spec_required_runs
 from gramlib.io import read_json, write_json
@@ -34,9 +33,8 @@ from gramlib.io import read_json, write_json
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint.json"
-# the code a run's result depends on (a change retrains; comments count too: being safe is cheap here)
-CODE = ("gramlib/gram/meta.py", "gramlib/gram/regulator.py", "gramlib/gram/tasks.py", "gramlib/gram/meta_train.py",
-        "gramlib/gram/checkpoint.py", "gramlib/gram/pretrain_prompts.py", "gramlib/tuning/train.py", "gramlib/prompts")
+# the code a run's result depends on: the import closure of the two trainers (comments count too)
+RUN_MODULES = ("gramlib.gram.meta_train", "gramlib.gram.pretrain_prompts")
 
 
 def required_runs(profile_name: str, params: dict | None = None) -> list[str]:
@@ -57,7 +55,7 @@ def _sha(paths: Sequence[Path]) -> str:
 
 def run_config(profile: Profile, name: str, params: dict | None = None) -> tuple[str, dict[str, Any]]:
     """("meta" | "pretrain", resolved configuration) of a run name."""
-    from gramlib.gram.meta_train import meta_train_config
+    from gramlib.gram.run_config import meta_train_config
     from gramlib.gram.pretrain_prompts import pretrain_config
 
     params = load_params() if params is None else params
@@ -75,7 +73,7 @@ def fingerprint(profile: Profile, name: str, params: dict | None = None) -> dict
     bdir = backbone_dir(profile)
     if bdir.exists():
         inputs += sorted(bdir.glob("*.safetensors"))
-    return {"name": name, "kind": kind, "config": cfg, "code": _sha([REPO / c for c in CODE]),
+    return {"name": name, "kind": kind, "config": cfg, "code": code_hash(RUN_MODULES),
             "inputs": _sha(inputs), "profile": profile.name}
 
 
@@ -99,7 +97,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def train_run(profile: Profile, name: str, params: dict | None = None) -> dict[str, Any]:
     """Train one run (resuming its checkpoint when the fingerprint still matches) and stamp it."""
-    from gramlib.gram.meta_train import meta_train, meta_train_config
+    from gramlib.gram.meta_train import meta_train
+    from gramlib.gram.run_config import meta_train_config
     from gramlib.gram.pretrain_prompts import PretrainConfig, pretrain_prompts
 
     out = profile.artifacts / "meta" / name
@@ -153,26 +152,3 @@ def ensure_runs(profile: Profile, names: Sequence[str] | None = None, workers: i
         return [train_run(profile, n, params) for n in todo]
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
         return list(pool.map(_train_in_worker, [profile] * len(todo), todo))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.meta_runs", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--runs", default=None, help="comma-separated run names (default: all the suite needs)")
-    ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: suite.workers)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params()
-    try:
-        prof = get_profile(a.profile or params.get("profile", "mini"))
-        workers = a.workers or suite_config(prof.name, params).workers
-        for r in ensure_runs(prof, a.runs.split(",") if a.runs else None, workers):
-            print(r, flush=True)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,22 +11,16 @@ One row per (protocol, dataset, method, seed, shots, epoch, split) with the colu
 :data:`COLUMNS`; ``accuracy`` is top-1 in percent, ``runtime_s`` the training time up to that epoch
 (for zero-shot: the evaluation time). Rows are appended to a CSV; tables are views of those rows.
 
-CLI::
-
-    python -m gramlib.experiments.protocols --profile mini --protocol base2new --methods zeroshot,coop \\
-        --seeds 1,2,3 --shots 16 --out results.csv
+The experiments of the tables run through :mod:`gramlib.experiments.suite` (``gramlib suite``).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +28,9 @@ import pandas as pd
 import torch
 
 from gramlib.clip.factory import Backbone
-from gramlib.config import REPO, Profile, get_profile
+from gramlib.config import REPO, Profile
 from gramlib.data.coop import CoopDataset, fewshot_split, load_dataset, subsample_dataset
-from gramlib.tuning.inputs import eval_inputs, parse_policy, train_inputs
+from gramlib.tuning.inputs import eval_inputs, train_inputs
 from gramlib.io import atomic_path
 from gramlib.learners import LEARNERS, build_learner
 from gramlib.prompts import PromptLearner
@@ -47,39 +41,9 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "epoch", "split", "accuracy", "n_test",
            "runtime_s", "profile", "git_commit"]
-PROTOCOLS = ("base2new", "cross_domain", "cross_dataset")
 METHODS = tuple(LEARNERS)
 # learners whose config has a hand-crafted template (their text side is the template)
 _TEMPLATE_METHODS = {"zeroshot", "vpt", "vpt_deep"}
-
-
-@dataclass(frozen=True)
-class ProtocolConfig:
-    """What to run. ``train`` overrides TrainConfig fields for every method (None: learner default);
-    ``learner_opts[method]`` overrides that learner's config (e.g. ``{"coop": {"n_ctx": 16}}``)."""
-
-    protocol: str = "base2new"
-    methods: tuple[str, ...] = ("zeroshot", "coop")
-    seeds: tuple[int, ...] = (1, 2, 3)
-    shots: tuple[int, ...] = (16,)
-    datasets: tuple[str, ...] | None = None  # base2new: default the profile's datasets
-    policy: str = "none"
-    train: dict[str, Any] = field(default_factory=dict)
-    learner_opts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ckpt_root: str | None = None
-
-    def __post_init__(self) -> None:
-        check_methods(self.methods)
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
-        if not self.seeds or not self.shots:
-            raise ValueError("give at least one seed and one shot count")
-        if any(k < 1 for k in self.shots):
-            raise ValueError(f"shots must be >= 1, got {self.shots}")
-        parse_policy(self.policy)
-        unknown = set(self.learner_opts) - set(self.methods)
-        if unknown:
-            raise ValueError(f"learner_opts for methods not run: {sorted(unknown)}")
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -157,24 +121,25 @@ class Target:
 
 
 def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_set: CoopDataset | None,
-             targets: Sequence[Target], pcfg: ProtocolConfig,
-             grad_transform: GradTransform | None = None, *, learner_name: str | None = None,
+             targets: Sequence[Target], grad_transform: GradTransform | None = None, *,
+             learner_name: str | None = None, learner_opts: dict[str, Any] | None = None,
+             train: dict[str, Any] | None = None, policy: str = "none",
              theta_init: dict[str, torch.Tensor] | None = None, init_seed: int | None = None,
-             train_overrides: dict[str, Any] | None = None,
+             ckpt_dir: str | os.PathLike | None = None,
              on_final: Callable[[PromptLearner, dict[str, torch.Tensor]], None] | None = None) -> list[dict[str, Any]]:
     """Train ``method`` on ``train_set`` (skipped for zero-shot) and evaluate it on every target.
 
     ``method`` is the row label; the learner is ``learner_name`` (default: ``method``) with
-    ``pcfg.learner_opts[method]``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*),
-    ``init_seed`` seeds the random initialisation apart from the data ``seed`` (Figure 1a), and
-    ``train_overrides`` update the TrainConfig after ``pcfg.train``; ``on_final(learner, θ)`` sees the
-    final prompts (e.g. to measure their feature shift) before they are dropped.
+    ``learner_opts``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*), ``init_seed`` seeds
+    the random initialisation apart from the data ``seed`` (Figure 1a), ``train`` overrides the
+    learner's TrainConfig, ``policy`` is the augmentation of the training inputs (``none`` | ``aug:N``),
+    ``ckpt_dir`` checkpoints every epoch (and resumes); ``on_final(learner, θ)`` sees the final prompts
+    (e.g. to measure their feature shift) before they are dropped.
     Returns tidy rows: one per target and evaluated epoch (zero-shot: epoch 0 only).
     """
     torch.manual_seed(seed if init_seed is None else init_seed)  # random prompt / meta-net initialisation
     src_name = train_set.name if train_set is not None else targets[0].dataset
-    learner = make_learner(env, learner_name or method, _template(env, src_name),
-                           pcfg.learner_opts.get(learner_name or method))
+    learner = make_learner(env, learner_name or method, _template(env, src_name), learner_opts)
     if theta_init is not None:
         learner.load_prompt_params({k: v.to(learner.device) for k, v in theta_init.items()})
     for t in targets:
@@ -203,8 +168,8 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         return rows
 
     check_classnames(learner, train_set.classnames, train_set.name)
-    cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **{**pcfg.train, **(train_overrides or {})})
-    data = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, pcfg.policy,
+    cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **(train or {}))
+    data = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, policy,
                         cache_dir=env.feature_cache, seed=seed)
     rows: list[dict[str, Any]] = []
     clock = {"since": time.perf_counter(), "train": 0.0}
@@ -217,10 +182,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         clock["since"] = time.perf_counter()
         return {f"acc/{r['dataset']}/{r['split']}": r["accuracy"] for r in new_rows}
 
-    ckpt = None
-    if pcfg.ckpt_root:
-        ckpt = Path(pcfg.ckpt_root) / protocol / train_set.name / method / f"shots{shots}_seed{seed}"
-    result = train_prompt(learner, data, cfg, grad_transform=grad_transform, eval_fn=eval_fn, ckpt_dir=ckpt)
+    result = train_prompt(learner, data, cfg, grad_transform=grad_transform, eval_fn=eval_fn, ckpt_dir=ckpt_dir)
     if on_final is not None:
         on_final(learner, {k: v.detach() for k, v in result.theta.items()})
     return rows
@@ -231,52 +193,49 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
 
 
 def fewshot_dataset(env: Env, name: str, shots: int, seed: int) -> CoopDataset:
+    """K shots per class of dataset ``name`` for ``seed`` (cached as JSON beside the profile's artifacts)."""
     ds = load_dataset(env.coop_root, name)
     return fewshot_split(ds, shots, seed, cache_dir=env.fewshot_cache)
 
 
-def units(env: Env, pcfg: ProtocolConfig) -> Iterator[tuple[str, int, int, CoopDataset | None, list[Target]]]:
-    """(method, seed, shots, train set, targets) for every training unit of the protocol."""
+def unit_data(env: Env, protocol: str, dataset: str, shots: int, seed: int, *,
+              train_split: bool = False) -> tuple[CoopDataset, list[Target]]:
+    """The training set and test targets of one unit.
+
+    ``base2new``: K shots per class sampled on *all* classes first, then the base/new split (CoCoOp's
+    order); train on the base classes, test on the base and the new test sets (``train_split``: also
+    on the K-shot training images themselves). ``transfer``: train on the source dataset (all classes)
+    and test on the source, its shifted variants (cross-domain) and every other dataset
+    (cross-dataset); :func:`label_transfer` splits the rows into the two views.
+    """
     prof = env.profile
-    for shots in pcfg.shots:
-        for seed in pcfg.seeds:
-            if pcfg.protocol == "base2new":
-                for name in (pcfg.datasets or prof.datasets):
-                    fs = fewshot_dataset(env, name, shots, seed)  # few-shot sampling BEFORE the split
-                    base, new = subsample_dataset(fs, "base"), subsample_dataset(fs, "new")
-                    targets = [Target(name, "base", base.test, base.classnames),
-                               Target(name, "new", new.test, new.classnames)]
-                    for m in pcfg.methods:
-                        yield m, seed, shots, base, targets
-            else:
-                src = fewshot_dataset(env, prof.source, shots, seed)
-                others = (prof.variants if pcfg.protocol == "cross_domain"
-                          else [d for d in (pcfg.datasets or prof.datasets) if d != prof.source])
-                targets = [Target(prof.source, "test", src.test, src.classnames)]
-                for name in others:
-                    ds = load_dataset(env.coop_root, name)
-                    targets.append(Target(name, "test", ds.test, ds.classnames))
-                for m in pcfg.methods:
-                    yield m, seed, shots, src, targets
+    if protocol == "base2new":
+        fs = fewshot_dataset(env, dataset, shots, seed)
+        base, new = subsample_dataset(fs, "base"), subsample_dataset(fs, "new")
+        targets = [Target(dataset, "base", base.test, base.classnames), Target(dataset, "new", new.test, new.classnames)]
+        if train_split:  # how far tuning fits its own K shots: overfitting needs room to fit
+            targets.append(Target(dataset, "train", base.train, base.classnames))
+        return base, targets
+    if protocol != "transfer":
+        raise ValueError(f"unknown protocol {protocol!r}; known: base2new, transfer")
+    src = fewshot_dataset(env, prof.source, shots, seed)
+    targets = [Target(prof.source, "test", src.test, src.classnames)]
+    for name in [*prof.variants, *(d for d in prof.datasets if d != prof.source)]:
+        ds = load_dataset(env.coop_root, name)
+        targets.append(Target(name, "test", ds.test, ds.classnames))
+    return src, targets
 
 
-def run_protocol(env: Env, pcfg: ProtocolConfig, out: str | os.PathLike | None = None,
-                 grad_transform: GradTransform | None = None,
-                 progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """Run every unit; rows are appended to ``out`` after each unit (a crash loses one unit at most)."""
-    all_rows = []
-    for method, seed, shots, train_set, targets in units(env, pcfg):
-        t0 = time.perf_counter()
-        rows = run_unit(env, pcfg.protocol, method, seed, shots, train_set, targets, pcfg, grad_transform)
-        if out is not None:
-            append_rows(out, rows)
-        all_rows.extend(rows)
-        if progress:
-            last = max(r["epoch"] for r in rows)
-            accs = ", ".join(f"{r['dataset']}/{r['split']}={r['accuracy']:.1f}" for r in rows if r["epoch"] == last)
-            progress(f"{pcfg.protocol} {method} seed={seed} shots={shots} epoch={last} "
-                     f"({time.perf_counter() - t0:.1f}s): {accs}")
-    return pd.DataFrame(all_rows, columns=COLUMNS)
+def label_transfer(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
+    """Split a transfer unit's rows into the cross-domain and cross-dataset views (source in both)."""
+    variants = set(profile.variants)
+    out = []
+    for r in rows:
+        if r["dataset"] == profile.source:
+            out += [{**r, "protocol": "cross_domain"}, {**r, "protocol": "cross_dataset"}]
+        else:
+            out.append({**r, "protocol": "cross_domain" if r["dataset"] in variants else "cross_dataset"})
+    return out
 
 
 def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] = COLUMNS) -> Path:
@@ -300,80 +259,5 @@ def append_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns
 
 # Tables are views of these rows: see gramlib.reporting.tables (base_to_new_table, transfer_table).
 
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _ints(s: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from exc
-
-
-def _opts(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``coop.n_ctx=16`` -> {"coop": {"n_ctx": 16}} (values parsed as YAML scalars)."""
-    import yaml
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        method, dot, opt = key.partition(".")
-        if not sep or not dot:
-            raise argparse.ArgumentTypeError(f"learner option must look like method.option=value, got {item!r}")
-        out.setdefault(method, {})[opt] = yaml.safe_load(value)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.protocols", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--protocol", default="base2new", choices=PROTOCOLS)
-    ap.add_argument("--methods", default="zeroshot,coop")
-    ap.add_argument("--seeds", type=_ints, default=(1, 2, 3))
-    ap.add_argument("--shots", type=_ints, default=(16,))
-    ap.add_argument("--datasets", default=None, help="comma-separated (default: the profile's)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--eval-every", type=int, default=None, help="evaluate every k epochs (default: every epoch)")
-    ap.add_argument("--policy", default="none", help="augmentation policy: none | aug:N")
-    ap.add_argument("--opt", action="append", default=[], help="learner option, e.g. coop.n_ctx=16")
-    ap.add_argument("--ckpt-root", default=None)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: tiny ops are latency-bound, 2 threads on a busy 2-core box are ~20x slower)")
-    ap.add_argument("--artifacts-root", default=None, help="override the profile's artifacts root (backbone, caches)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        train = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                                   "eval_every": args.eval_every}.items() if v is not None}
-        pcfg = ProtocolConfig(args.protocol, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-                              args.seeds, args.shots,
-                              tuple(args.datasets.split(",")) if args.datasets else None, args.policy, train,
-                              _opts(args.opt), args.ckpt_root)
-        prof = get_profile(args.profile)
-        if args.artifacts_root:
-            prof = dataclasses.replace(prof, artifacts_root=args.artifacts_root)
-        env = load_env(prof)
-        df = run_protocol(env, pcfg, args.out, progress=lambda s: print(s, flush=True))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.protocol == "base2new":
-        from gramlib.reporting.tables import base_to_new_table
-
-        print(base_to_new_table(df).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-__all__ = ["COLUMNS", "Env", "METHODS", "PROTOCOLS", "ProtocolConfig", "Target", "append_rows",
-           "check_classnames", "check_methods", "load_env", "make_learner", "run_protocol",
-           "run_unit", "units"]
+__all__ = ["COLUMNS", "Env", "Target", "append_rows", "check_classnames", "check_methods", "fewshot_dataset",
+           "label_transfer", "load_env", "make_learner", "run_unit", "unit_data"]

@@ -20,17 +20,15 @@ killed run resumes where it stopped and loses one unit per worker at most.
 
 CLI::
 
-    python -m gramlib.experiments.suite --profile mini --experiment base2new --out artifacts/mini/suite/base2new.csv
+    gramlib suite --profile mini --experiment base2new [--seeds 4,5,6 --shots 8 --out-dir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -42,7 +40,7 @@ import pandas as pd
 
 from gramlib.config import Profile, get_profile, load_params
 from gramlib.experiments.spec import Experiment, MethodSpec, SuiteConfig, suite_config
-from gramlib.io import read_json, write_json
+from gramlib.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +87,10 @@ def resolve(profile: Profile, spec: MethodSpec) -> tuple[str, dict[str, Any], di
     """(learner name, learner options, θ init or None, gradient hook or None) of a method."""
     if spec.meta is None:
         return spec.learner, dict(spec.learner_opts), None, None
-    from gramlib.gram.meta_train import load_meta_result, regulator_hook
+    from gramlib.gram.test_time import load_meta_result, regulator_hook
 
     res = load_meta_result(meta_dir(profile, spec.meta))
     return res.cfg.learner, dict(res.cfg.learner_cfg), res.theta, regulator_hook(res.phi, res.regulator)
-
-
-def _label_transfer(rows: list[dict[str, Any]], profile: Profile) -> list[dict[str, Any]]:
-    """Split a transfer unit's rows into the cross-domain and cross-dataset views (source in both)."""
-    variants = set(profile.variants)
-    out = []
-    for r in rows:
-        if r["dataset"] == profile.source:
-            out += [{**r, "protocol": "cross_domain"}, {**r, "protocol": "cross_dataset"}]
-        else:
-            out.append({**r, "protocol": "cross_domain" if r["dataset"] in variants else "cross_dataset"})
-    return out
 
 
 SHIFT_COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer", "norm",
@@ -145,8 +131,8 @@ def shift_rows(env: Any, unit: Unit, target: Any, n_images: int) -> tuple[Callab
 def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train and evaluate one unit in this process; returns its tidy rows (gramlib.experiments.protocols.COLUMNS)
     and, for experiments with ``feature_shift``, its feature-shift rows (SHIFT_COLUMNS)."""
-    from gramlib.data.coop import load_dataset, subsample_dataset
-    from gramlib.experiments.protocols import ProtocolConfig, Target, fewshot_dataset, run_unit
+    from gramlib.experiments.protocols import label_transfer, run_unit, unit_data
+    from gramlib.tuning.train import TrainConfig
 
     prof = env.profile
     exp = cfg.experiment(unit.experiment)
@@ -155,33 +141,15 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     train = dict(cfg.train.get(learner) or {})
     if exp.epochs is not None:
         train["epochs"] = exp.epochs
-    from gramlib.tuning.train import TrainConfig
-
     epochs = train.get("epochs") or TrainConfig.for_learner(learner).epochs
     train["eval_every"] = 1 if unit.method in exp.curves else (exp.eval_every or epochs)
-    fs = fewshot_dataset(env, unit.dataset, unit.shots, unit.seed)
-    if unit.protocol == "base2new":
-        train_set = subsample_dataset(fs, "base")
-        new = subsample_dataset(fs, "new")
-        targets = [Target(unit.dataset, "base", train_set.test, train_set.classnames),
-                   Target(unit.dataset, "new", new.test, new.classnames)]
-        if exp.train_split:  # how far tuning fits its own K shots: overfitting needs room to fit
-            targets.append(Target(unit.dataset, "train", train_set.train, train_set.classnames))
-    else:
-        train_set = fs
-        targets = [Target(prof.source, "test", fs.test, fs.classnames)]
-        others = list(prof.variants) + [d for d in prof.datasets if d != prof.source]
-        for name in others:
-            ds = load_dataset(env.coop_root, name)
-            targets.append(Target(name, "test", ds.test, ds.classnames))
-    pcfg = ProtocolConfig("base2new" if unit.protocol == "base2new" else "cross_domain", (learner,),
-                          (unit.seed,), (unit.shots,), learner_opts={learner: opts})
+    train_set, targets = unit_data(env, unit.protocol, unit.dataset, unit.shots, unit.seed, train_split=exp.train_split)
     on_final, shifts = shift_rows(env, unit, targets[1], exp.shift_images) if exp.feature_shift else (None, [])
     rows = run_unit(env, unit.protocol, unit.method, unit.seed, unit.shots,
-                    None if learner == "zeroshot" else train_set, targets, pcfg, hook,
-                    learner_name=learner, theta_init=theta0, init_seed=spec.init_seed, train_overrides=train,
-                    on_final=on_final)
-    return (_label_transfer(rows, prof) if unit.protocol == "transfer" else rows), shifts
+                    None if learner == "zeroshot" else train_set, targets, hook,
+                    learner_name=learner, learner_opts=opts, theta_init=theta0, init_seed=spec.init_seed,
+                    train=train, on_final=on_final)
+    return (label_transfer(rows, prof) if unit.protocol == "transfer" else rows), shifts
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,7 +187,7 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
     if spec.learner is not None:
         return spec.learner
     from gramlib.experiments.spec import PRETRAIN_SUFFIX
-    from gramlib.gram.meta_train import meta_train_config
+    from gramlib.gram.run_config import meta_train_config
 
     # "<variant>_pretrain" is the prompt pre-training ablation of <variant>: the same learner
     return meta_train_config(profile_name, spec.meta.removesuffix(PRETRAIN_SUFFIX), params).learner
@@ -264,11 +232,50 @@ def read_shifts(out: str | os.PathLike) -> pd.DataFrame:
     return df.drop_duplicates(["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer"], keep="last")
 
 
-def read_done(out: Path) -> set[str]:
+def read_done(out: Path, fingerprint: str | None = None) -> set[str]:
+    """The finished units of ``out``; none when ``fingerprint`` is given and the file's differs."""
     p = done_path(out)
     if not (out.exists() and p.exists()):
         return set()
-    return set(read_json(p).get("done", []))
+    record = read_json(p)
+    if fingerprint is not None and record.get("fingerprint") != fingerprint:
+        return set()
+    return set(record.get("done", []))
+
+
+#: the modules a unit runs (its code fingerprint: the import closure)
+UNIT_MODULES = ("gramlib.experiments.suite",)
+
+
+def experiment_fingerprint(profile: Profile, cfg: SuiteConfig, name: str) -> dict[str, Any]:
+    """What an experiment's rows depend on: its resolved settings, methods and recipes, the code, the
+    backbone, the meta-training runs it uses and the data; a units file of another fingerprint is stale.
+
+    Why: the suite stages persist their rows across ``dvc repro`` (a killed stage resumes its finished
+    units), so a stage rerun after an edit must not keep rows computed before it.
+    """
+    from gramlib.clip.pretrain import backbone_dir
+    from gramlib.code_deps import code_hash
+    from gramlib.io import file_hash
+
+    exp = cfg.experiment(name)
+    learners = {unit_learner(profile.name, cfg, m) for m in exp.methods}
+    metas = sorted({cfg.methods[m].meta for m in exp.methods if cfg.methods[m].meta})
+    bdir = backbone_dir(profile)
+    coop = profile.root / profile.coop_dir
+    listing = sorted((str(f.relative_to(coop)), f.stat().st_size) for f in coop.rglob("*") if f.is_file()) \
+        if coop.exists() else []
+    return {
+        "experiment": dataclasses.asdict(exp),
+        "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods},
+        "train": {k: cfg.train[k] for k in sorted(learners) if k in cfg.train},
+        "profile": {"name": profile.name, "datasets": list(profile.datasets), "source": profile.source,
+                    "variants": list(profile.variants)},
+        "code": code_hash(UNIT_MODULES),
+        "backbone": {f.name: file_hash(f) for f in sorted(bdir.glob("*.safetensors"))} if bdir.exists() else {},
+        "meta": {r: (read_json(p) if (p := meta_dir(profile, r) / "fingerprint.json").exists() else None) for r in metas},
+        "data": stable_hash(listing),
+    }
 
 
 def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.PathLike, *,
@@ -280,16 +287,17 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
     exp = cfg.experiment(name)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(out)
-    if not done:  # rows without a units file are from an unknown run: start over
-        out.unlink(missing_ok=True)
-        shifts_path(out).unlink(missing_ok=True)
-    todo = [u for u in units(profile, exp) if u.key not in done]
-    for m in {u.method for u in todo}:  # fail before any training when a meta run is missing
+    for m in exp.methods:  # fail before any training when a meta run is missing
         if cfg.methods[m].meta is not None:
             d = meta_dir(profile, cfg.methods[m].meta)
             if not (d / "theta_star.safetensors").exists():
-                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (python -m gramlib.experiments.meta_runs)")
+                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (gramlib meta-train)")
+    fp = stable_hash(experiment_fingerprint(profile, cfg, name))
+    done = read_done(out, fp)
+    if not done:  # rows without a units file, or of another configuration, code or inputs: start over
+        out.unlink(missing_ok=True)
+        shifts_path(out).unlink(missing_ok=True)
+    todo = [u for u in units(profile, exp) if u.key not in done]
     todo = longest_first(todo, cfg, profile.name)
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     say = progress or (lambda s: None)
@@ -300,7 +308,7 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
             append_rows(shifts_path(out), shifts, columns=SHIFT_COLUMNS)
         append_rows(out, rows)
         done.add(unit.key)
-        write_json(done_path(out), {"experiment": name, "done": sorted(done)})
+        write_json(done_path(out), {"experiment": name, "fingerprint": fp, "done": sorted(done)})
         last = max(r["epoch"] for r in rows)
         seen: dict[str, float] = {}
         for r in rows:
@@ -392,7 +400,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
                        workers=workers)
     elif not complete:
         hint = (f"dvc repro suite@{name}" if path == results_path(prof, exp)
-                else f"run=True (python -m gramlib.experiments.suite --experiment {name} with these seeds/shots)")
+                else f"run=True (gramlib suite --experiment {name} with these seeds/shots)")
         raise FileNotFoundError(f"{path}: the experiment {name!r} has not (fully) run; use {hint}")
     rows = pd.read_csv(path)
     commits = sorted(set(rows["git_commit"].astype(str)))
@@ -406,40 +414,6 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
              "runtime_s": round(unit_runtime(rows), 1),
              "suite_params": {"train": cfg.train, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
     return rows, stamp
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.experiments.suite", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default=None)
-    ap.add_argument("--experiment", required=True, action="append",
-                    help="an experiment of params.yaml suite.experiments (repeatable)")
-    ap.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")
-    ap.add_argument("--seeds", default=None, help="comma-separated; default: params.yaml seeds")
-    ap.add_argument("--shots", type=int, default=None, help="override the shots of experiments that follow it")
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    params = load_params()
-    name = args.profile or params.get("profile", "mini")
-    try:
-        prof = get_profile(name)
-        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
-        cfg = suite_config(name, params, seeds=seeds, shots=args.shots)
-        out_dir = Path(args.out_dir) if args.out_dir else prof.artifacts / "suite"
-        for exp in args.experiment:
-            t0 = time.perf_counter()
-            run_experiment(prof, cfg, exp, out_dir / f"{exp}.csv", workers=args.workers, threads=args.threads,
-                           progress=lambda s: print(s, flush=True))
-            print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",
            "longest_first", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",

@@ -6,7 +6,7 @@ explicitly passed θ, so the meta-learner can run the inner step (eq. 7) on a co
 and differentiate the query loss through it (eqs. 8-10) without cloning modules.
 
 The CLIP forward is re-implemented only where prompts must be spliced in, in
-:mod:`gramlib.prompts.towers` (re-exported here: ``TextTower``, ``encode_text_embeddings``,
+:mod:`gramlib.clip.towers` (re-exported here: ``TextTower``, ``encode_text_embeddings``,
 ``encode_image_with_prompts``, ``differentiable_attention``).
 """
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gramlib.data.coop import clean_classname  # CoOp: "_" -> space (one rule for loaders and prompts)
-from gramlib.prompts.towers import (  # the frozen towers live in towers.py; re-exported here
+from gramlib.clip.towers import (  # the frozen towers live in towers.py; re-exported here
     TextPrompts,
     TextTower,
     differentiable_attention,
@@ -188,7 +188,7 @@ class PromptLearner(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not expose its text prompts")
 
     def vision_prompts(self, theta: Theta) -> list[Tensor]:
-        """The visual prompt tokens per layer under θ (:func:`gramlib.prompts.towers.vision_forward`'s
+        """The visual prompt tokens per layer under θ (:func:`gramlib.clip.towers.vision_forward`'s
         convention), for learners whose θ touches the image tower (``caches_image_features`` False)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its visual prompts")
 

@@ -120,13 +120,13 @@ class TextContextLearner(PromptLearner):
         (B, M, d) -> (B·C, L, d), (B·C, L) (image-major)."""
         tower = TextTower.of(self.clip)
         tokens = self.tokenize(classnames).to(tower.token_embedding.weight.device)
+        if ctx.dim() == 2:
+            return self.splice_context(ctx, tokens), tokens
         emb = tower.token_embedding(tokens)  # (C, L, d), frozen
         m = self.plan.n_ctx
         prefix, suffix = emb[:, :1], emb[:, 1 + m :]
         n_cls = emb.shape[0]
         ctx = ctx.to(emb.dtype)
-        if ctx.dim() == 2:
-            return torch.cat([prefix, ctx.unsqueeze(0).expand(n_cls, -1, -1), suffix], dim=1), tokens
         b = ctx.shape[0]
         x = torch.cat(
             [
@@ -137,6 +137,21 @@ class TextContextLearner(PromptLearner):
             dim=2,
         ).reshape(b * n_cls, emb.shape[1], emb.shape[2])
         return x, tokens.repeat(b, 1)
+
+    def splice_context(self, ctx: Tensor, tokens: Tensor) -> Tensor:
+        """Token embeddings of pre-tokenised prompts (C, L) with ``ctx`` (M, d) in slots 1..M: (C, L, d).
+
+        The tensor-only core of :meth:`context_embeddings`, for callers that index a token table with
+        tensors (GRAM's meta-training stacks tasks as tensors to vmap them).
+        """
+        emb = TextTower.of(self.clip).token_embedding(tokens)  # (C, L, d), frozen
+        m = self.plan.n_ctx
+        ctx = ctx.to(emb.dtype).unsqueeze(0).expand(emb.shape[0], -1, -1)
+        return torch.cat([emb[:, :1], ctx, emb[:, 1 + m :]], dim=1)
+
+    def token_text_features(self, ctx: Tensor, tokens: Tensor) -> Tensor:
+        """Normalised text features (C, D) of pre-tokenised prompts under context ``ctx`` (M, d)."""
+        return F.normalize(encode_text_embeddings(TextTower.of(self.clip), self.splice_context(ctx, tokens), tokens), dim=-1)
 
     def context_text_features(self, ctx: Tensor, classnames: Sequence[str]) -> Tensor:
         """Normalised text features for context ``ctx``: (M, d) -> (C, D); (B, M, d) -> (B, C, D)."""

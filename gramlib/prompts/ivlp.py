@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from gramlib.prompts.base import TextTower, Theta, normal_init
 from gramlib.prompts.coop import TextContextLearner
-from gramlib.prompts.towers import TextPrompts, text_forward, vision_forward, vision_layers
+from gramlib.clip.towers import TextPrompts, text_forward, vision_forward, vision_layers
 from gramlib.prompts.vpt import init_visual_prompts, visual_prompts
 
 DEFAULT_DEPTH = 9

@@ -24,7 +24,7 @@ from gramlib.prompts.ivlp import (
     init_deep_text_prompts,
     resolve_depth,
 )
-from gramlib.prompts.towers import vision_layers
+from gramlib.clip.towers import vision_layers
 from gramlib.prompts.vpt import visual_width
 
 

@@ -4,17 +4,14 @@ Each table and figure notebook writes ``<name>.provenance.json`` beside its outp
 commit, seeds, shots, parameters, run time of the experiment behind it); this module only reads
 those stamps and the outputs, so the index can never claim more than was written.
 
-Run: ``python -m gramlib.reporting.index --reports reports``.
+Run: ``gramlib index --reports reports``.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gramlib.config import REPO
 from gramlib.io import atomic_path, read_json
 
 # the other reports of the chain (method notebooks), listed after the paper's tables and figures
@@ -84,16 +81,3 @@ def write_index(reports: str | Path) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(build_index(reports))
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gramlib.reporting.index", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reports", default="reports")
-    a = ap.parse_args(argv)
-    reports = Path(a.reports) if Path(a.reports).is_absolute() else REPO / a.reports
-    print(write_index(reports))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

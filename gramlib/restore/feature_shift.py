@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from gramlib.prompts.base import PromptLearner, Theta
-from gramlib.prompts.towers import (
+from gramlib.clip.towers import (
     BlockFn,
     DropFn,
     TextTower,

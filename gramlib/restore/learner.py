@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from gramlib.prompts.base import TextTower, Theta, clip_logits
 from gramlib.prompts.cocoop import embed_dim
 from gramlib.prompts.maple import MaPLe, MaPLeConfig
-from gramlib.prompts.towers import TowerOutput, text_forward, vision_forward
+from gramlib.clip.towers import TowerOutput, text_forward, vision_forward
 from gramlib.restore.consistency import feature_shift_consistency
 from gramlib.restore.feature_shift import image_shift, per_layer, text_shift
 from gramlib.restore.surgery import SURGERY_MODES, apply_surgery, init_surgery, surgery_alpha
