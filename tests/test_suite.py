@@ -15,8 +15,8 @@ from gramlib.config import load_params
 from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
 from gramlib.reporting.index import build_index
 from gramlib.experiments.protocols import label_transfer
-from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, run_experiment, suite_config,
-                           unit_runtime, units)
+from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, in_unit_order, run_experiment,
+                                      suite_config, unit_runtime, units)
 from gramlib.reporting.tables import TABLE_COLUMNS, describe_check, direction_check, save_table
 
 
@@ -96,6 +96,25 @@ def test_units_and_transfer_labels(smoke):
         (smoke.variants[0], "cross_domain"), (smoke.datasets[1], "cross_dataset")]
 
 
+def test_rows_are_read_in_unit_order_whatever_order_workers_finished(smoke):
+    """Two workers append units as they finish: the tables must not depend on that timing."""
+    exp = Experiment("x", "base2new", 4, ("CoOp", "CLIP"), (1, 2))
+    us = units(smoke, exp)
+    canonical = pd.DataFrame([{"method": u.method, "seed": u.seed, "dataset": u.dataset, "split": split, "accuracy": i + j / 10}
+                              for i, u in enumerate(us) for j, split in enumerate(("base", "new"))])
+    rng = np.random.default_rng(0)
+    blocks = [canonical.iloc[2 * i:2 * i + 2] for i in rng.permutation(len(us))]  # whole units, shuffled
+    shuffled = pd.concat(blocks, ignore_index=True)
+    assert not shuffled.equals(canonical)
+    pd.testing.assert_frame_equal(in_unit_order(shuffled, smoke, exp), canonical)
+    xfer = Experiment("t", "transfer", 4, ("CoOp", "CLIP"), (2, 1))
+    rows = pd.DataFrame({"method": ["CoOp", "CLIP", "CoOp", "CLIP"], "seed": [1, 1, 2, 2],
+                         "dataset": [smoke.variants[0], smoke.source, smoke.source, smoke.variants[0]]})
+    got = in_unit_order(rows, smoke, xfer)  # seed-major in the experiment's seed order; a unit's rows keep theirs
+    assert list(zip(got["method"], got["seed"], got["dataset"])) == [
+        ("CoOp", 2, smoke.source), ("CLIP", 2, smoke.variants[0]), ("CoOp", 1, smoke.variants[0]), ("CLIP", 1, smoke.source)]
+
+
 def test_unit_runtime_counts_each_training_once():
     rows = pd.DataFrame([
         # a base-to-new unit per dataset: runtime at its last epoch
@@ -131,6 +150,28 @@ def test_run_resumes_without_rerunning_finished_units(smoke, tmp_path, params):
     calls.clear()
     run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
     assert "2 units to run (0 done)" in calls[0]
+
+
+def test_rows_of_another_configuration_are_not_resumed(smoke, tmp_path, params):
+    """The suite stages persist across `dvc repro` (a killed stage resumes), so the units file carries
+    the experiment's fingerprint: after an edit of a method or of the training recipe, no old row survives."""
+    cfg = suite_config("smoke", params)
+    exp = Experiment("tiny", "base2new", 2, ("CoOp",), (1,), epochs=2, datasets=(smoke.datasets[1],))
+    cfg = dataclasses.replace(cfg, experiments={"tiny": exp})
+    out = tmp_path / "tiny.csv"
+    first = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=None)
+    calls: list[str] = []
+    edited = dataclasses.replace(cfg, methods={**cfg.methods, "CoOp": MethodSpec("CoOp", learner="coop",
+                                                                                 learner_opts={"n_ctx": 2})})
+    again = run_experiment(smoke, edited, "tiny", out, workers=1, progress=calls.append)
+    assert "1 units to run (0 done)" in calls[0] and len(again) == len(first)
+    calls.clear()
+    retrained = dataclasses.replace(edited, train={**edited.train, "coop": {**edited.train.get("coop", {}), "lr": 0.01}})
+    run_experiment(smoke, retrained, "tiny", out, workers=1, progress=calls.append)
+    assert "1 units to run (0 done)" in calls[0]
+    calls.clear()
+    run_experiment(smoke, retrained, "tiny", out, workers=1, progress=calls.append)  # unchanged: resumed
+    assert "0 units to run (1 done)" in calls[0]
 
 
 def test_missing_meta_run_fails_before_training(smoke, tmp_path, params):

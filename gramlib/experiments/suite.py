@@ -79,6 +79,20 @@ def units(profile: Profile, exp: Experiment) -> list[Unit]:
     return [Unit(exp.name, exp.protocol, m, s, exp.shots, d) for s in exp.seeds for m in exp.methods for d in datasets]
 
 
+def in_unit_order(rows: pd.DataFrame, profile: Profile, exp: Experiment) -> pd.DataFrame:
+    """``rows`` sorted by their unit's place in :func:`units` (a stable sort: a unit's own rows keep
+    their order). Parallel workers append units as they finish, so the file's order is the
+    machine's timing; tables and figures that group with ``sort=False`` must not inherit it."""
+    if rows.empty:
+        return rows
+    order = {(u.method, str(u.seed), u.dataset if exp.protocol == "base2new" else ""): i
+             for i, u in enumerate(units(profile, exp))}
+    target = rows["dataset"].astype(str) if exp.protocol == "base2new" else pd.Series("", index=rows.index)
+    keys = zip(rows["method"].astype(str), rows["seed"].astype(str), target)
+    rank = pd.Series([order.get(k, len(order)) for k in keys], index=rows.index)
+    return rows.loc[rank.sort_values(kind="stable").index].reset_index(drop=True)
+
+
 def meta_dir(profile: Profile, variant: str) -> Path:
     return profile.artifacts / "meta" / variant
 
@@ -381,7 +395,7 @@ def experiment_shifts(profile: Profile | str, name: str, *, seeds: Sequence[int]
     prof, cfg, exp, path = _experiment_at(profile, name, seeds, shots, params)
     if not exp.feature_shift:
         raise ValueError(f"experiment {name!r} does not measure feature shifts (suite.experiments.{name}.feature_shift)")
-    return read_shifts(path)
+    return in_unit_order(read_shifts(path), prof, exp)
 
 
 def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] | None = None,
@@ -402,7 +416,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
         hint = (f"dvc repro suite@{name}" if path == results_path(prof, exp)
                 else f"run=True (gramlib suite --experiment {name} with these seeds/shots)")
         raise FileNotFoundError(f"{path}: the experiment {name!r} has not (fully) run; use {hint}")
-    rows = pd.read_csv(path)
+    rows = in_unit_order(pd.read_csv(path), prof, exp)
     commits = sorted(set(rows["git_commit"].astype(str)))
     from gramlib.reporting.provenance import git_commit
 
@@ -416,5 +430,5 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
     return rows, stamp
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",
-           "longest_first", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",
+           "in_unit_order", "longest_first", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",
            "run_experiment", "run_suite_unit", "suite_config", "unit_runtime", "units"]
