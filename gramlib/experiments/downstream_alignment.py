@@ -10,19 +10,31 @@ One "task" here is a (dataset, data seed): the base-to-new protocol's K shots of
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import Tensor
 
 from gramlib.config import Profile
 from gramlib.experiments.protocols import Env, load_env, make_learner, unit_data
 from gramlib.gram.meta_train import EFFECT_NAME
-from gramlib.gram.regulator_effect import batch_loss, departure, effect_table, gradient_alignment
+from gramlib.gram.regulator_effect import departure, effect_table, gradient_alignment
 from gramlib.gram.test_time import load_meta_result
 from gramlib.io import load_safetensors
-from gramlib.tuning.inputs import eval_inputs, train_inputs
+from gramlib.tuning.inputs import TrainData, eval_inputs, train_inputs
+from gramlib.tuning.train import loss_fn as tuning_loss
+
+
+def batch_loss(learner: Any, data: TrainData) -> Callable[[Mapping[str, Tensor], tuple[Tensor, Tensor]], Tensor]:
+    """The few-shot loop's own loss (:func:`gramlib.tuning.train.loss_fn`) on one whole (inputs, labels)
+    batch, as a pure function of theta (class names and cached text features from ``data``)."""
+
+    def loss(theta: Mapping[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
+        return tuning_loss(learner, theta, batch[0], batch[1], data, learner.device, "fp32")
+
+    return loss
 
 
 def run_stages(run_dir: str | os.PathLike) -> dict[str, tuple[dict, dict]]:
@@ -75,4 +87,4 @@ def regulator_effect_report(profile: Profile, run: str, datasets: Sequence[str],
     return per_task, effect_table(per_task), deps
 
 
-__all__ = ["downstream_rows", "regulator_effect_report", "run_stages"]
+__all__ = ["batch_loss", "downstream_rows", "regulator_effect_report", "run_stages"]

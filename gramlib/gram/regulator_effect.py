@@ -19,7 +19,7 @@ units of the gradient it acts on (0 before meta-training by construction).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -108,16 +108,5 @@ def heldout_effect(stages: Mapping[str, tuple[Mapping[str, Tensor], Mapping[str,
     return pd.DataFrame(rows)
 
 
-def batch_loss(learner: Any, data: Any) -> Callable[[Mapping[str, Tensor], tuple[Tensor, Tensor]], Tensor]:
-    """The few-shot loop's own loss (:func:`gramlib.tuning.train.loss_fn`) on one whole (inputs, labels)
-    batch of ``data`` (a :class:`gramlib.tuning.inputs.TrainData`), as a pure function of theta."""
-    from gramlib.tuning.train import loss_fn as tuning_loss
-
-    def loss(theta: Mapping[str, Tensor], batch: tuple[Tensor, Tensor]) -> Tensor:
-        return tuning_loss(learner, theta, batch[0], batch[1], data, learner.device, "fp32")
-
-    return loss
-
-
-__all__ = ["EFFECT_COLUMNS", "SPLITS", "STAGES", "alignment_rows", "batch_loss", "departure", "effect_table",
+__all__ = ["EFFECT_COLUMNS", "SPLITS", "STAGES", "alignment_rows", "departure", "effect_table",
            "gradient_alignment", "heldout_effect", "paired_interval", "regulated"]
