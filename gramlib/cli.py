@@ -6,6 +6,7 @@
     gramlib meta-train --profile mini [--runs a,b] # §3.3: every meta-training run the experiments use
     gramlib meta-run   --profile mini --variant coop_gram --out DIR   # one run, anywhere (no fingerprint)
     gramlib suite      --profile mini --experiment base2new [--seeds 4,5 --shots 8 --out-dir DIR]
+    gramlib regulator-sweep --profile mini         # issue 15: which settings make R^phi learn (not a stage)
     gramlib index      --reports reports           # reports/README.md
     gramlib stage-config --profile mini --stage suite@base2new        # what a stage reads, resolved
     gramlib dvc-yaml                               # write dvc.yaml from gramlib/pipeline.py
@@ -81,6 +82,17 @@ def _meta_run(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
                                             "meta_loss_start", "meta_loss_end")}
 
 
+def _regulator_sweep(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.experiments.regulator_sweep import run_sweep
+    from gramlib.io import atomic_path
+
+    out_dir = Path(a.out_dir) if a.out_dir else profile.artifacts / "regulator_sweep"
+    table = run_sweep(profile, out_dir, a.variant, params=params)
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return str(out_dir / "sweep.csv")
+
+
 def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
     from gramlib.experiments.spec import suite_config
     from gramlib.experiments.suite import run_experiment
@@ -144,6 +156,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--variant", default="coop_gram", help="a key of meta.variants")
     p.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/<variant>")
     p.add_argument("--steps", type=int, default=None)
+    p = add("regulator-sweep", _regulator_sweep, "meta-train a sweep of regulator settings and tabulate phi's movement (issue 15)")
+    p.add_argument("--variant", default="coop_gram", help="the meta.variants entry the settings override")
+    p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/regulator_sweep")
     p = add("suite", _suite, "run experiments of suite.experiments (resumes finished units)")
     p.add_argument("--experiment", required=True, action="append", help="an experiment name (repeatable)")
     p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")

@@ -42,9 +42,10 @@ from gramlib.gram.checkpoint import resume_or_init, save_meta_checkpoint
 from gramlib.gram.meta import MetaState, init_meta_state, meta_step
 from gramlib.gram.meta_data import MetaData, load_meta_data
 from gramlib.gram.regulator import init_regulator
+from gramlib.gram.regulator_effect import departure, heldout_effect
 from gramlib.gram.run_config import MetaTrainConfig
-from gramlib.gram.task_loss import TaskLoss, meta_batch
-from gramlib.gram.tasks import sample_tasks
+from gramlib.gram.task_loss import TaskLoss, meta_batch, task_batches
+from gramlib.gram.tasks import sample_tasks, split_topics
 from gramlib.io import atomic_path, save_safetensors, write_json
 from gramlib.learners import build_learner
 from gramlib.prompts import PromptLearner
@@ -52,6 +53,7 @@ from gramlib.prompts import PromptLearner
 log = logging.getLogger(__name__)
 
 LOG_NAME = "meta_log.csv"
+EFFECT_NAME = "regulator_effect.csv"  # per held-out task: stage, cos_raw, cos_regulated, departure
 
 
 def load_backbone(profile: Profile):
@@ -107,6 +109,8 @@ def meta_train(profile: Profile | str, cfg: MetaTrainConfig, out_dir: str | os.P
     phi0 = init_regulator(theta0, cfg.meta.regulator)
     if cfg.meta.meta_batch < 1:
         raise ValueError("meta.meta_batch must be >= 1")
+    train_classes, heldout = split_topics(data.pool, cfg.heldout_topics, cfg.seed)
+    classes = train_classes if len(heldout) else None  # None: every topic, the sampler's original stream
 
     def init() -> MetaState:
         return init_meta_state(theta0, phi0, cfg.meta)
@@ -125,7 +129,7 @@ def meta_train(profile: Profile | str, cfg: MetaTrainConfig, out_dir: str | os.P
     t0 = time.perf_counter()
     start = state.step
     for step in range(state.step, cfg.steps):
-        tasks = sample_tasks(data.pool, rng, cfg.meta.meta_batch)  # Alg. 1 line 3
+        tasks = sample_tasks(data.pool, rng, cfg.meta.meta_batch, classes)  # Alg. 1 line 3
         state, metrics = meta_step(state, meta_batch(tasks, data.bank, cfg.meta.vectorize), loss_fn, cfg.meta)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             rows.append({**metrics, "step": state.step})
@@ -140,6 +144,11 @@ def meta_train(profile: Profile | str, cfg: MetaTrainConfig, out_dir: str | os.P
     phi = {k: v.detach().clone() for k, v in state.phi.items()}
     save_safetensors(out / "theta_star.safetensors", theta, metadata={"learner": cfg.learner})
     save_safetensors(out / "phi_star.safetensors", phi, metadata={"kind": cfg.meta.regulator.kind})
+    save_safetensors(out / "theta_init.safetensors", theta0, metadata={"learner": cfg.learner})
+    save_safetensors(out / "phi_init.safetensors", phi0, metadata={"kind": cfg.meta.regulator.kind})
+    effect = {}
+    if len(heldout):
+        effect = measure_heldout(cfg, data, loss_fn, heldout, {"before": (theta0, phi0), "after": (theta, phi)}, out)
     df = pd.DataFrame(rows)
     n_run = cfg.steps - start
     summary = {
@@ -147,12 +156,30 @@ def meta_train(profile: Profile | str, cfg: MetaTrainConfig, out_dir: str | os.P
         "setup_s": round(setup_s, 3), "train_s": round(train_s, 3),
         "steps_per_s": round(n_run / train_s, 3) if train_s > 0 and n_run else None,
         "n_classes": len(data.pool), "task_source": data.source, "skipped_classes": data.pool.skipped,
+        "n_heldout_classes": int(len(heldout)), **effect,
         "theta_shapes": {k: list(v.shape) for k, v in theta.items()}, "phi_params": int(sum(v.numel() for v in phi.values())),
         **curve_summary(df),
     }
     write_json(out / "config.json", {"run": cfg.to_dict(), "profile": prof.name})
     write_json(out / "summary.json", summary)
     return MetaTrainResult(theta, phi, df, summary, out)
+
+
+def measure_heldout(cfg: MetaTrainConfig, data: MetaData, loss_fn: TaskLoss, heldout: np.ndarray,
+                    stages: dict[str, tuple[dict[str, Tensor], dict[str, Tensor]]], out: Path) -> dict[str, Any]:
+    """The regulator's effect on ``cfg.heldout_tasks`` tasks of held-out topics (the same tasks at every
+    stage, from their own seeded stream): per-task rows to ``regulator_effect.csv``, means to the summary."""
+    tasks = sample_tasks(data.pool, np.random.default_rng([cfg.seed, 15]), cfg.heldout_tasks, heldout)
+    reg = cfg.meta.regulator if cfg.meta.regulate else None
+    per_task = heldout_effect(stages, stages["before"][1], [task_batches(t, data.bank) for t in tasks], loss_fn, reg)
+    with atomic_path(out / EFFECT_NAME) as tmp:
+        per_task.to_csv(tmp, index=False, float_format="%.9g")
+    means = per_task.groupby("stage")[["cos_raw", "cos_regulated"]].mean()
+    summary: dict[str, Any] = {"regulator_departure": departure(per_task, "after")}
+    for stage in stages:
+        summary[f"heldout_cos_raw_{stage}"] = float(means.loc[stage, "cos_raw"])
+        summary[f"heldout_cos_regulated_{stage}"] = float(means.loc[stage, "cos_regulated"])
+    return summary
 
 
 def curve_summary(df: pd.DataFrame, frac: float = 0.1) -> dict[str, Any]:

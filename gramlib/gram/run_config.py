@@ -32,6 +32,10 @@ class MetaTrainConfig:
     labelled_dataset: str | None = None  # task_source=labelled: a CoOp-layout dataset (default: profile.source)
     pairs_path: str | None = None  # override of the CHC pairs table
     seed: int = 1
+    # issue 15: a seeded fraction of the topic words never appears in meta-training; the regulator's
+    # effect is measured on ``heldout_tasks`` tasks drawn from them (0: all topics train, as the paper)
+    heldout_topics: float = 0.0
+    heldout_tasks: int = 64
     ckpt_every: int = 50
     log_every: int = 1
     threads: int = 2
@@ -41,6 +45,10 @@ class MetaTrainConfig:
             raise ValueError(f"task_source must be one of {TASK_SOURCES}, got {self.task_source!r}")
         if self.steps < 1 or self.ckpt_every < 1 or self.log_every < 1:
             raise ValueError("steps, ckpt_every and log_every must be >= 1")
+        if not 0.0 <= self.heldout_topics < 1.0:
+            raise ValueError(f"meta.heldout_topics must be in [0, 1), got {self.heldout_topics}")
+        if self.heldout_tasks < 2:
+            raise ValueError(f"meta.heldout_tasks must be >= 2 (a confidence interval needs two tasks), got {self.heldout_tasks}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "meta") -> MetaTrainConfig:

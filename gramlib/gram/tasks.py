@@ -243,12 +243,35 @@ def _sample_class(pool: TaskPool, c: int, cfg: TaskConfig, rng: np.random.Genera
     return sup, sup_dom, qry, np.asarray(rest_dom)[which], support_domain
 
 
-def sample_task(pool: TaskPool | pd.DataFrame, rng: np.random.Generator | int, cfg: TaskConfig | None = None) -> Task:
+def split_topics(pool: TaskPool, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(meta-training classes, held-out classes) of ``pool``: a seeded ``fraction`` of its distinct
+    topic *words* is held out, with every class that carries one of them, so no held-out word is
+    ever a class of a meta-training task. Held-out tasks measure what meta-training learned about
+    tasks in general (issue 15: the regulator's effect), not about its own topics."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"meta.heldout_topics must be in [0, 1), got {fraction}")
+    words = sorted(set(pool.classnames))
+    n_out = int(round(fraction * len(words)))
+    if n_out == 0:
+        return np.arange(len(pool)), np.zeros(0, dtype=np.int64)
+    ways = pool.cfg.ways
+    if n_out < ways or len(words) - n_out < ways:
+        raise ValueError(f"meta.heldout_topics={fraction}: {n_out} of {len(words)} topic words held out, but both "
+                         f"parts need at least tasks.ways={ways} words")
+    out_words = {words[i] for i in np.random.default_rng(seed).permutation(len(words))[:n_out]}
+    held = np.asarray([c for c in range(len(pool)) if pool.classnames[c] in out_words], dtype=np.int64)
+    train = np.asarray([c for c in range(len(pool)) if pool.classnames[c] not in out_words], dtype=np.int64)
+    return train, held
+
+
+def sample_task(pool: TaskPool | pd.DataFrame, rng: np.random.Generator | int, cfg: TaskConfig | None = None,
+                classes: Sequence[int] | np.ndarray | None = None) -> Task:
     """One K_t-way task (§3.3): K_t topics with distinct words; support from one domain per class
     (``cfg.domain_shift``) or uniform, query uniform over all domains; disjoint; class-major order.
 
     ``pool`` may be the pairs table itself (a pool is then built, which validates it); ``rng`` a
-    seed or a numpy Generator (advanced in place, so consecutive calls give different tasks).
+    seed or a numpy Generator (advanced in place, so consecutive calls give different tasks);
+    ``classes`` restricts the draw to these pool classes (:func:`split_topics`).
     """
     if isinstance(pool, pd.DataFrame):
         if cfg is None:
@@ -261,7 +284,8 @@ def sample_task(pool: TaskPool | pd.DataFrame, rng: np.random.Generator | int, c
     # distinct topic words: walk a random permutation and keep the first class of each word
     chosen: list[int] = []
     words: set[str] = set()
-    for c in rng.permutation(len(pool)):
+    candidates = rng.permutation(len(pool)) if classes is None else np.asarray(classes)[rng.permutation(len(classes))]
+    for c in candidates:
         if pool.classnames[c] not in words:
             chosen.append(int(c))
             words.add(pool.classnames[c])
@@ -284,9 +308,10 @@ def sample_task(pool: TaskPool | pd.DataFrame, rng: np.random.Generator | int, c
     )
 
 
-def sample_tasks(pool: TaskPool, rng: np.random.Generator, n: int) -> list[Task]:
-    """A meta-batch of ``n`` independent tasks (Algorithm 1, line 3)."""
-    return [sample_task(pool, rng) for _ in range(n)]
+def sample_tasks(pool: TaskPool, rng: np.random.Generator, n: int,
+                 classes: Sequence[int] | np.ndarray | None = None) -> list[Task]:
+    """A meta-batch of ``n`` independent tasks (Algorithm 1, line 3), from ``classes`` when given."""
+    return [sample_task(pool, rng, classes=classes) for _ in range(n)]
 
 
 def truth_pairs(truth: pd.DataFrame, styles_as_domains: bool = True) -> pd.DataFrame:
@@ -305,4 +330,4 @@ def truth_pairs(truth: pd.DataFrame, styles_as_domains: bool = True) -> pd.DataF
 
 
 __all__ = ["Task", "TaskConfig", "TaskPool", "pool_from_dataset", "pool_from_labels", "pool_from_pairs",
-           "sample_task", "sample_tasks", "truth_pairs"]
+           "sample_task", "sample_tasks", "split_topics", "truth_pairs"]
