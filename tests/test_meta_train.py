@@ -235,3 +235,37 @@ def test_pretrain_prompts_without_meta_learning(smoke, coop_setup, tmp_path):
     assert summary["n_items"] == 200 and summary["n_classes"] >= 2
     res = load_meta_result(tmp_path)
     assert res.regulator is None and set(res.theta) == {"ctx"}
+
+
+# --- Algorithm 1, line 1: where θ starts -----------------------------------------------------------
+
+def test_initial_learner_options_follow_algorithm_1():
+    from gramlib.gram.run_config import PAPER_N_CTX, initial_learner_options
+
+    assert initial_learner_options("coop", {}, "random") == {"ctx_init": None, "n_ctx": PAPER_N_CTX}
+    assert initial_learner_options("coop", {"n_ctx": 6}, "random") == {"ctx_init": None, "n_ctx": 6}
+    assert initial_learner_options("joint", {"n_ctx": 2, "n_vis": 2}, "random") == {"n_ctx": 2, "n_vis": 2, "ctx_init": None}
+    assert initial_learner_options("vpt", {"n_tokens": 4}, "random") == {"n_tokens": 4}  # random already
+    assert initial_learner_options("coop", {}, "learner") == {}  # CoOp's own "a photo of a"
+    assert initial_learner_options("coop", {"ctx_init": "a drawing of a"}, "random") == {"ctx_init": "a drawing of a"}
+    with pytest.raises(ValueError, match="meta.theta_init"):
+        initial_learner_options("coop", {}, "zeros")
+    with pytest.raises(ValueError, match="meta.theta_init"):
+        cfg_for(theta_init="photo")
+
+
+def test_meta_training_starts_from_a_random_theta_by_default(smoke, coop_setup):
+    """Default: θ0 ~ N(0, 0.02²) with the hand-crafted start's shape; theta_init="learner": exactly the token
+    embeddings of "a photo of a" (the learner's own start), computed here from the tokenizer."""
+    _, bb, _, _ = coop_setup
+    _, rand = build_meta_learner(smoke, cfg_for(), bb)
+    _, hand = build_meta_learner(smoke, cfg_for(theta_init="learner"), bb)
+    r, h = rand.prompt_params()["ctx"].detach(), hand.prompt_params()["ctx"].detach()
+    assert r.shape == h.shape == (4, h.shape[1])
+    ids = bb.tokenizer(["a photo of a"])[0]
+    emb = bb.model.token_embedding.weight[ids[1:5]].detach()
+    torch.testing.assert_close(h, emb)
+    assert abs(float(r.std()) - 0.02) < 0.004 and not torch.allclose(r, emb, atol=1e-3)
+    # the same seed gives the same random start (the run's seed seeds it)
+    _, again = build_meta_learner(smoke, cfg_for(), bb)
+    torch.testing.assert_close(again.prompt_params()["ctx"].detach(), r)

@@ -176,7 +176,7 @@ def test_vit_b16_depth_9():
 def test_registry_and_recipe():
     for name in NEW:
         cfg = TrainConfig.for_learner(name)
-        assert (cfg.batch_size, cfg.lr, cfg.epochs) == (4, 0.0035, 5)  # MaPLe's base-to-new recipe
+        assert (cfg.batch_size, cfg.lr, cfg.epochs) == (4, 0.0035, 10)  # RESTORE §4.1: 10 epochs base-to-novel
 
 
 def test_surgery_strength_by_hand(tiny, images):

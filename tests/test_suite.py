@@ -431,3 +431,35 @@ def test_feature_cache_benchmark_agrees_across_modes_on_the_smoke_world(smoke):
     res = bench.measure(load_env(smoke), smoke.datasets[1], shots=2, epochs=2)
     assert res["acc_cached"] == res["acc_recompute"] == res["acc_recompute_tower"]
     assert res["max_abs_theta_diff"] < 1e-5 and res["speedup"] > 0 and res["n_train"] > 0
+
+
+def test_a_meta_method_can_switch_off_theta_star_or_the_regulator(tmp_path):
+    """resolve(): θ* and R^φ* each on or off (the ablation at a glance); "hand" builds the learner's own start."""
+    import types
+
+    import torch
+
+    from gramlib.experiments.spec import MethodSpec
+    from gramlib.experiments.suite import meta_dir, resolve
+    from gramlib.gram.regulator import RegulatorConfig, init_regulator
+    from gramlib.gram.run_config import MetaTrainConfig
+    from gramlib.io import save_safetensors, write_json
+
+    prof = types.SimpleNamespace(artifacts=tmp_path)
+    out = meta_dir(prof, "run")
+    theta = {"ctx": torch.randn(4, 8)}
+    save_safetensors(out / "theta_star.safetensors", theta)
+    save_safetensors(out / "phi_star.safetensors", init_regulator(theta, RegulatorConfig()))
+    write_json(out / "config.json", {"run": MetaTrainConfig().to_dict()})
+
+    learner, opts, theta0, hook = resolve(prof, MethodSpec("GRAM", meta="run"))
+    assert learner == "coop" and opts == {"ctx_init": None, "n_ctx": 4} and torch.equal(theta0["ctx"], theta["ctx"])
+    assert hook is not None
+    _, opts, theta0, hook = resolve(prof, MethodSpec("θ* only", meta="run", regulator="identity"))
+    assert theta0 is not None and hook is None
+    _, opts, theta0, hook = resolve(prof, MethodSpec("R only", meta="run", theta="hand"))
+    assert opts == {} and theta0 is None and hook is not None  # CoOp's own "a photo of a"
+    with pytest.raises(ValueError, match="theta must be meta|hand"):
+        MethodSpec("bad", meta="run", theta="zeros")
+    with pytest.raises(ValueError, match="parts of a meta-training run"):
+        MethodSpec("bad", learner="coop", regulator="identity")

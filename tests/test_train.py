@@ -190,3 +190,15 @@ def test_bad_inputs(tiny, images):
     assert parse_policy("none") == 0 and parse_policy("aug:5") == 5
     with pytest.raises(ValueError, match="views must be"):
         ViewBank(torch.zeros(1, 3, 8), torch.zeros(4, dtype=torch.long), is_features=True)
+
+
+def test_one_recipe_for_every_learner():
+    """GRAM §4.1: every method follows CoCoOp's epochs (10) and schedule; only batch size and lr are a
+    learner's own (RESTORE §4.1 likewise trains 10 epochs base-to-novel)."""
+    from gramlib.tuning.train import LEARNER_DEFAULTS
+
+    recipes = {n: TrainConfig.for_learner(n).to_dict() for n in LEARNER_DEFAULTS}
+    shared = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("batch_size", "lr")}
+    for name, r in recipes.items():
+        assert {k: r[k] for k in shared} == shared, name
+    assert shared["epochs"] == 10 and shared["warmup_epochs"] == 1

@@ -60,7 +60,7 @@ def downstream_rows(env: Env, run_dir: str | os.PathLike, datasets: Sequence[str
         for seed in seeds:
             train_set, targets = unit_data(env, "base2new", dataset, shots, seed)
             base = targets[0]
-            learner = make_learner(env, res.cfg.learner, env.templates.get(dataset, ""), dict(res.cfg.learner_cfg))
+            learner = make_learner(env, res.cfg.learner, env.templates.get(dataset, ""), res.cfg.learner_options())
             tr = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, cache_dir=env.feature_cache)
             te = eval_inputs(learner, env.backbone, base.data, base.classnames, cache_dir=env.feature_cache)
             loss = batch_loss(learner, tr)  # same class names (the base classes) on both sides

@@ -29,12 +29,20 @@ class MethodSpec:
     learner_opts: dict[str, Any] = field(default_factory=dict)
     meta: str | None = None
     init_seed: int | None = None
+    # a meta method's two parts, each on or off (notebook 03's ablation at a glance):
+    theta: str = "meta"  # "meta": start from θ*; "hand": the learner's own start ("a photo of a")
+    regulator: str = "meta"  # "meta": R^φ* regulates the few-shot gradient (eq. 7); "identity": the raw gradient
 
     def __post_init__(self) -> None:
         if (self.learner is None) == (self.meta is None):
             raise ValueError(f"method {self.name!r}: give exactly one of 'learner' or 'meta'")
         if self.meta is not None and self.learner_opts:
             raise ValueError(f"method {self.name!r}: a meta method takes its learner config from the run")
+        if self.theta not in ("meta", "hand") or self.regulator not in ("meta", "identity"):
+            raise ValueError(f"method {self.name!r}: theta must be meta|hand and regulator meta|identity, "
+                             f"got {self.theta!r}, {self.regulator!r}")
+        if self.meta is None and (self.theta, self.regulator) != ("meta", "meta"):
+            raise ValueError(f"method {self.name!r}: theta and regulator choose parts of a meta-training run ('meta')")
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,15 @@ def resolve(profile: Profile, spec: MethodSpec) -> tuple[str, dict[str, Any], di
         return spec.learner, dict(spec.learner_opts), None, None
     from gramlib.gram.test_time import load_meta_result, regulator_hook
 
+    from gramlib.gram.run_config import initial_learner_options
+
     res = load_meta_result(meta_dir(profile, spec.meta))
-    return res.cfg.learner, dict(res.cfg.learner_cfg), res.theta, regulator_hook(res.phi, res.regulator)
+    if spec.theta == "hand":  # the learner's own start, tuned with the run's R^φ* (or without)
+        opts, theta0 = initial_learner_options(res.cfg.learner, res.cfg.learner_cfg, "learner"), None
+    else:
+        opts, theta0 = res.cfg.learner_options(), res.theta
+    hook = regulator_hook(res.phi, res.regulator) if spec.regulator == "meta" else None
+    return res.cfg.learner, opts, theta0, hook
 
 
 SHIFT_COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "split", "tower", "layer", "norm",

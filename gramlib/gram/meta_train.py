@@ -73,8 +73,8 @@ class MetaTrainResult:
 
 def build_meta_learner(profile: Profile, cfg: MetaTrainConfig, backbone: Any | None = None) -> tuple[Any, PromptLearner]:
     backbone = backbone if backbone is not None else load_backbone(profile)
-    torch.manual_seed(cfg.seed)  # random prompt inits (VPT, ctx_init=None) come from the run's seed
-    return backbone, build_learner(cfg.learner, backbone.model, backbone.tokenizer, **cfg.learner_cfg)
+    torch.manual_seed(cfg.seed)  # random prompt inits (Algorithm 1, VPT) come from the run's seed
+    return backbone, build_learner(cfg.learner, backbone.model, backbone.tokenizer, **cfg.learner_options())
 
 
 def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:

@@ -42,6 +42,7 @@ class PretrainConfig:
 
     learner: str = "coop"
     learner_cfg: dict[str, Any] = field(default_factory=dict)
+    theta_init: str = "random"  # the meta-training variant's start (Algorithm 1: random)
     task_source: str = "chc"
     pairs_path: str | None = None
     labelled_dataset: str | None = None
@@ -78,7 +79,8 @@ def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str |
     prof = get_profile(profile) if isinstance(profile, str) else profile
     torch.set_num_threads(cfg.threads)
     # a TaskConfig of 2-way 1+0... tasks only to reuse the pool builder's filtering (any usable topic)
-    mcfg = MetaTrainConfig(learner=cfg.learner, learner_cfg=dict(cfg.learner_cfg), task_source=cfg.task_source,
+    mcfg = MetaTrainConfig(learner=cfg.learner, learner_cfg=dict(cfg.learner_cfg), theta_init=cfg.theta_init,
+                           task_source=cfg.task_source,
                            pairs_path=cfg.pairs_path, labelled_dataset=cfg.labelled_dataset, seed=cfg.seed,
                            tasks=TaskConfig(ways=2, shots=1, query=1, domain_shift=False), steps=1)
     backbone, learner = build_meta_learner(prof, mcfg, backbone)
@@ -118,5 +120,5 @@ def pretrain_config(profile_name: str, variant: str | None = None, params: dict 
         typed(PretrainConfig, block, where)
     run = merge_layers(layers)
     base = {"learner": run.get("learner", "coop"), "learner_cfg": run.get("learner_cfg", {}),
-            "task_source": run.get("task_source", "chc")}
+            "theta_init": run.get("theta_init", "random"), "task_source": run.get("task_source", "chc")}
     return typed(PretrainConfig, base, "meta", over=sub_layers(layers, "pretrain"))

@@ -17,6 +17,30 @@ from gramlib.gram.meta import MetaConfig
 from gramlib.gram.tasks import TaskConfig
 
 TASK_SOURCES = ("chc", "truth", "labelled")
+THETA_INITS = ("random", "learner")
+PAPER_N_CTX = 4  # §4.1: "the number of prompt tokens is set to 4"
+
+
+def initial_learner_options(learner: str, learner_cfg: Mapping[str, Any], theta_init: str) -> dict[str, Any]:
+    """The learner options that give meta-training its starting θ (Algorithm 1, line 1).
+
+    ``"random"`` is Algorithm 1's "randomly initialise θ": a text context learner whose options do not
+    name a ``ctx_init`` gets a random context of its own length (``n_ctx``, or the paper's 4 tokens
+    where the learner would take the length from its hand-crafted phrase); learners without a text
+    phrase (VPT) start random already.  ``"learner"`` keeps the learner's own start (CoOp's "a photo of
+    a"), the documented alternative.  An explicit ``ctx_init`` in the options always wins.
+    """
+    if theta_init not in THETA_INITS:
+        raise ValueError(f"meta.theta_init must be one of {THETA_INITS}, got {theta_init!r}")
+    opts = dict(learner_cfg)
+    if theta_init == "learner" or "ctx_init" in opts:
+        return opts
+    from gramlib.learners import learner_config
+
+    cfg = learner_config(learner, **opts)
+    if getattr(cfg, "ctx_init", None) is None:
+        return opts
+    return {**opts, "ctx_init": None, "n_ctx": cfg.n_ctx or PAPER_N_CTX}
 
 
 @dataclass(frozen=True)
@@ -25,6 +49,7 @@ class MetaTrainConfig:
 
     learner: str = "coop"  # coop (CoOp+GRAM) | vpt | vpt_deep | joint (UNIGRAM, 2+2)
     learner_cfg: dict[str, Any] = field(default_factory=dict)
+    theta_init: str = "random"  # Algorithm 1: random θ | "learner": the learner's own start ("a photo of a")
     steps: int = 300  # outer iterations of Algorithm 1
     tasks: TaskConfig = field(default_factory=TaskConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
@@ -41,6 +66,8 @@ class MetaTrainConfig:
     threads: int = 2
 
     def __post_init__(self) -> None:
+        if self.theta_init not in THETA_INITS:
+            raise ValueError(f"meta.theta_init must be one of {THETA_INITS}, got {self.theta_init!r}")
         if self.task_source not in TASK_SOURCES:
             raise ValueError(f"task_source must be one of {TASK_SOURCES}, got {self.task_source!r}")
         if self.steps < 1 or self.ckpt_every < 1 or self.log_every < 1:
@@ -57,6 +84,11 @@ class MetaTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def learner_options(self) -> dict[str, Any]:
+        """The options meta-training builds its learner with (θ's start resolved, see
+        :func:`initial_learner_options`); test time builds the same learner to load θ* into."""
+        return initial_learner_options(self.learner, self.learner_cfg, self.theta_init)
 
 
 def meta_layers(profile_name: str, variant: str | None = None, params: dict | None = None) -> list[Layer]:

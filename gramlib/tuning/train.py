@@ -41,9 +41,13 @@ log = logging.getLogger(__name__)
 GradTransform = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 EvalFn = Callable[[PromptLearner, dict[str, Tensor], int], Mapping[str, float]]
 
-# Per-learner batch size and learning rate (CoOp: bs 32, lr 2e-3; CoCoOp: bs 1, lr 2e-3; VPT/IVLP-style
-# prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP configs; MaPLe and RESTORE: bs 4, lr 3.5e-3 on ViT-B/16,
-# MaPLe's recipe, which RESTORE §4.1 keeps). Zero-shot has no θ and never trains.
+# One recipe for every learner (GRAM §4.1: "all methods follow the same training epochs (10 epochs),
+# training schedule, and data augmentation settings in CoCoOp"; RESTORE §4.1: 10 epochs for base-to-novel):
+# SGD, one warm-up epoch, cosine, 10 epochs. Only the batch size and learning rate are each learner's own
+# (CoOp: bs 32, lr 2e-3; CoCoOp: bs 1, lr 2e-3; VPT/IVLP-style prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP
+# configs; MaPLe and RESTORE: bs 4, lr 3.5e-3, RESTORE §4.1). A profile's deviations are named in
+# params.yaml (profiles.<name>.suite.train) and listed in the README's reproduction notes.
+# Zero-shot has no θ and never trains.
 LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "zeroshot": {"batch_size": 32, "lr": 0.0},
     "coop": {"batch_size": 32, "lr": 0.002},
@@ -51,9 +55,9 @@ LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
     "vpt": {"batch_size": 4, "lr": 0.0035},
     "vpt_deep": {"batch_size": 4, "lr": 0.0035},
     "joint": {"batch_size": 4, "lr": 0.0035},
-    "ivlp": {"batch_size": 4, "lr": 0.0035, "epochs": 5},     # MaPLe's base-to-new recipe
-    "maple": {"batch_size": 4, "lr": 0.0035, "epochs": 5},
-    "restore": {"batch_size": 4, "lr": 0.0035, "epochs": 5},
+    "ivlp": {"batch_size": 4, "lr": 0.0035},
+    "maple": {"batch_size": 4, "lr": 0.0035},
+    "restore": {"batch_size": 4, "lr": 0.0035},
 }
 
 

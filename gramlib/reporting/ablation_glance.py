@@ -1,0 +1,61 @@
+"""GRAM's two parts at a glance (issue 15, item 6; notebook 03): θ* and R^φ*, each on or off.
+
+The four rows are base-to-new runs on the same datasets and data seeds: θ* with R^φ* (CoOp+GRAM),
+θ* with R = identity, the hand-crafted θ ("a photo of a") with R^φ*, and plain CoOp (neither).  A
+(dataset, seed) pair is one paired unit: every row saw the same K shots and the same test images, so
+the difference of a row from the reference is measured per unit and its Student-t interval is taken
+over units.  A difference whose interval contains 0 is "not resolved", whatever its mean.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from gramlib.gram.regulator_effect import paired_interval
+from gramlib.reference.audit import harmonic_mean
+from gramlib.reporting.tables import final_epoch
+
+GLANCE_COLUMNS = ["method", "metric", "mean", "delta", "ci_low", "ci_high", "n_pairs", "verdict"]
+METRICS = ("base", "new", "H")
+
+
+def unit_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, dataset, seed): base and new accuracy of the final epoch, and their H."""
+    rows = final_epoch(rows[rows["protocol"] == "base2new"])
+    per = rows.pivot_table(index=["method", "dataset", "seed"], columns="split", values="accuracy").reset_index()
+    per = per.dropna(subset=["base", "new"])
+    per["H"] = harmonic_mean(per["base"], per["new"])
+    return per[["method", "dataset", "seed", *METRICS]]
+
+
+def verdict(lo: float, hi: float) -> str:
+    if lo > 0:
+        return "higher"
+    if hi < 0:
+        return "lower"
+    return "not resolved"
+
+
+def ablation_glance(rows: pd.DataFrame, methods: list[str], reference: str, level: float = 0.95) -> pd.DataFrame:
+    """One :data:`GLANCE_COLUMNS` row per (method, metric): the mean over the (dataset, seed) units all
+    ``methods`` ran, and the paired difference from ``reference`` with its ``level`` interval."""
+    per = unit_scores(rows)
+    per = per[per["method"].isin(methods)]
+    missing = sorted(set(methods) - set(per["method"]))
+    if missing:
+        raise ValueError(f"ablation_glance: no base-to-new rows for {missing}")
+    wide = per.pivot_table(index=["dataset", "seed"], columns="method", values=list(METRICS)).dropna()
+    if reference not in methods:
+        raise ValueError(f"ablation_glance: reference {reference!r} is not one of {methods}")
+    out = []
+    for method in methods:
+        for metric in METRICS:
+            x, ref = wide[(metric, method)], wide[(metric, reference)]
+            lo, hi = paired_interval(ref, x, level) if method != reference else (float("nan"), float("nan"))
+            out.append({"method": method, "metric": metric, "mean": float(x.mean()),
+                        "delta": float((x - ref).mean()), "ci_low": lo, "ci_high": hi, "n_pairs": int(len(x)),
+                        "verdict": "reference" if method == reference else verdict(lo, hi)})
+    return pd.DataFrame(out, columns=GLANCE_COLUMNS)
+
+
+__all__ = ["GLANCE_COLUMNS", "ablation_glance", "unit_scores", "verdict"]

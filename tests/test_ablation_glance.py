@@ -1,0 +1,52 @@
+"""The ablation at a glance (notebook 03): paired differences over (dataset, seed) units, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gramlib.reporting.ablation_glance import ablation_glance, verdict
+
+
+def _rows(acc: dict[str, dict[tuple[str, int], tuple[float, float]]]) -> pd.DataFrame:
+    out = []
+    for method, units in acc.items():
+        for (dataset, seed), (base, new) in units.items():
+            for split, a in (("base", base), ("new", new)):
+                for epoch, shift in ((5, -10.0), (10, 0.0)):  # an earlier epoch that must be ignored
+                    out.append({"protocol": "base2new", "dataset": dataset, "method": method, "seed": seed,
+                                "shots": 16, "split": split, "epoch": epoch, "accuracy": a + shift})
+    return pd.DataFrame(out)
+
+
+def test_paired_difference_and_interval_by_hand():
+    units = [("d1", 1), ("d1", 2), ("d2", 1), ("d2", 2)]
+    ref = {u: (70.0 + i, 60.0 + 2 * i) for i, u in enumerate(units)}
+    new_gain = [1.0, 3.0, 2.0, 2.0]  # new accuracy gains of "B" per unit
+    b = {u: (ref[u][0], ref[u][1] + g) for u, g in zip(units, new_gain)}
+    c = {u: (ref[u][0] - 0.5 + (0.2 if i % 2 else -0.2), ref[u][1]) for i, u in enumerate(units)}
+    glance = ablation_glance(_rows({"A": ref, "B": b, "C": c}), ["A", "B", "C"], reference="A").set_index(["method", "metric"])
+
+    d = np.array(new_gain)
+    half = 3.182446305284263 * d.std(ddof=1) / math.sqrt(4)  # t_{0.975, 3}
+    row = glance.loc[("B", "new")]
+    assert row["delta"] == pytest.approx(2.0) and row["n_pairs"] == 4
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half))
+    assert row["verdict"] == "higher" and row["mean"] == pytest.approx(np.mean([ref[u][1] for u in units]) + 2.0)
+    # C: base 0.5 lower with a small spread, resolved as lower; its new accuracy is identical (interval 0)
+    assert glance.loc[("C", "base"), "verdict"] == "lower"
+    assert glance.loc[("C", "base"), "delta"] == pytest.approx(-0.5)
+    # H of a unit is the harmonic mean of that unit's base and new
+    h_ref = np.mean([2 * x * y / (x + y) for x, y in ref.values()])
+    assert glance.loc[("A", "H"), "mean"] == pytest.approx(h_ref)
+    assert glance.loc[("A", "H"), "verdict"] == "reference"
+
+
+def test_verdict_and_missing_rows():
+    assert verdict(0.1, 0.5) == "higher" and verdict(-0.5, -0.1) == "lower" and verdict(-0.1, 0.1) == "not resolved"
+    rows = _rows({"A": {("d", 1): (50.0, 50.0), ("d", 2): (51.0, 49.0)}})
+    with pytest.raises(ValueError, match=r"no base-to-new rows for \['B'\]"):
+        ablation_glance(rows, ["A", "B"], reference="A")
