@@ -7,6 +7,7 @@
     gramlib meta-run   --profile mini --variant coop_gram --out DIR   # one run, anywhere (no fingerprint)
     gramlib suite      --profile mini --experiment base2new [--seeds 4,5 --shots 8 --out-dir DIR]
     gramlib regulator-sweep --profile mini         # issue 15: which settings make R^phi learn (not a stage)
+    gramlib probe      --profile mini              # issue 14: the world probe -> reports/world_probe.json
     gramlib index      --reports reports           # reports/README.md
     gramlib stage-config --profile mini --stage suite@base2new        # what a stage reads, resolved
     gramlib dvc-yaml                               # write dvc.yaml from gramlib/pipeline.py
@@ -93,6 +94,14 @@ def _regulator_sweep(profile: Profile, params: dict, a: argparse.Namespace) -> A
     return str(out_dir / "sweep.csv")
 
 
+def _probe(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.experiments.world_probe import PROBE_KEYS, probe_config, run_probe
+
+    out = Path(a.out) if a.out else REPO / "reports" / "world_probe.json"
+    res = run_probe(profile, probe_config(profile.name, params), out, params=params, threads=a.threads)
+    return {**{k: round(res[k], 2) for k in PROBE_KEYS}, "bars met": {k: v["met"] for k, v in res["bars"].items()}}
+
+
 def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
     from gramlib.experiments.spec import suite_config
     from gramlib.experiments.suite import run_experiment
@@ -159,6 +168,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p = add("regulator-sweep", _regulator_sweep, "meta-train a sweep of regulator settings and tabulate phi's movement (issue 15)")
     p.add_argument("--variant", default="coop_gram", help="the meta.variants entry the settings override")
     p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/regulator_sweep")
+    p = add("probe", _probe, "the world probe: does the world have the paper's problem? (reports/world_probe.json)")
+    p.add_argument("--out", default=None, help="default: reports/world_probe.json (a CSV per dataset beside it)")
+    p.add_argument("--threads", type=int, default=2)
     p = add("suite", _suite, "run experiments of suite.experiments (resumes finished units)")
     p.add_argument("--experiment", required=True, action="append", help="an experiment name (repeatable)")
     p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")

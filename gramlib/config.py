@@ -88,7 +88,7 @@ class Profile:
 
 #: the sections with defaults at the top level of params.yaml that a profile block may overlay
 #: (``profiles.<name>.chc`` is deep-merged over ``chc`` for that profile only, and so on)
-OVERLAYS = ("chc", "meta", "suite")
+OVERLAYS = ("chc", "meta", "suite", "probe")
 
 #: (key path in params.yaml, block): one layer of a section, see :func:`section_layers`
 Layer = tuple[str, Mapping]
@@ -115,6 +115,7 @@ class ParamsFile:
     chc: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     suite: dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
 
 
 def load_params(path: str | Path = PARAMS) -> dict:

@@ -58,6 +58,16 @@ def tasks(profile: Profile, params: dict) -> dict:
     return {"tasks": _asdict(meta_train_config(profile.name, "coop_gram", params).tasks)}
 
 
+def world_probe(profile: Profile, params: dict) -> dict:
+    """The probe's settings, the datasets it reads and CoOp's recipe on this profile (its training runs)."""
+    from gramlib.experiments.spec import suite_config
+    from gramlib.experiments.world_probe import probe_config
+
+    cfg = probe_config(profile.name, params)
+    return {"probe": _asdict(cfg), "datasets": list(cfg.datasets or profile.datasets),
+            "coop_train": suite_config(profile.name, params).train.get("coop", {})}
+
+
 def tables(profile: Profile, params: dict) -> dict:
     """The tables' row lists (Tables 6, 7, RESTORE's ablations, the meta-seed spread)."""
     from gramlib.experiments.spec import suite_config
@@ -94,7 +104,8 @@ def stages(profile: Profile, params: dict) -> dict[str, Callable[[Profile, dict]
     from gramlib.experiments.spec import suite_config
 
     out: dict[str, Callable[[Profile, dict], dict]] = {
-        "world": world, "backbone": backbone, "chc": chc, "meta_train": meta_train, "tasks": tasks, "tables": tables}
+        "world": world, "backbone": backbone, "chc": chc, "meta_train": meta_train, "tasks": tasks, "tables": tables,
+        "world_probe": world_probe}
     for name in suite_config(profile.name, params).experiments:
         out[f"suite@{name}"] = experiment(name)
     return out

@@ -264,6 +264,12 @@ def read_done(out: Path, fingerprint: str | None = None) -> set[str]:
     return set(record.get("done", []))
 
 
+def read_machines(out: Path) -> list[dict[str, Any]]:
+    """The machines (:func:`gramlib.reporting.provenance.machine_info`) that computed ``out``'s units."""
+    p = done_path(out)
+    return list(read_json(p).get("machines", [])) if (out.exists() and p.exists()) else []
+
+
 #: the modules a unit runs (its code fingerprint: the import closure)
 UNIT_MODULES = ("gramlib.experiments.suite",)
 
@@ -320,6 +326,12 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
         shifts_path(out).unlink(missing_ok=True)
     todo = [u for u in units(profile, exp) if u.key not in done]
     todo = longest_first(todo, cfg, profile.name)
+    from gramlib.reporting.provenance import machine_info
+
+    machines = read_machines(out) if done else []
+    here = {**machine_info(), "torch_threads": threads}  # each worker runs with ``threads`` intra-op threads
+    if todo and here not in machines:
+        machines.append(here)
     n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
     say = progress or (lambda s: None)
     say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")
@@ -329,7 +341,7 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
             append_rows(shifts_path(out), shifts, columns=SHIFT_COLUMNS)
         append_rows(out, rows)
         done.add(unit.key)
-        write_json(done_path(out), {"experiment": name, "fingerprint": fp, "done": sorted(done)})
+        write_json(done_path(out), {"experiment": name, "fingerprint": fp, "done": sorted(done), "machines": machines})
         last = max(r["epoch"] for r in rows)
         seen: dict[str, float] = {}
         for r in rows:
@@ -432,10 +444,10 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
              "shots": exp.shots, "methods": list(exp.methods), "epochs": exp.epochs,
              "results": str(path.relative_to(prof.artifacts.parent.parent)) if path.is_relative_to(prof.artifacts.parent.parent) else str(path),
              "result_commits": commits, "commit": g["commit"], "dirty": g["dirty"],
-             "runtime_s": round(unit_runtime(rows), 1),
+             "runtime_s": round(unit_runtime(rows), 1), "machines": read_machines(path),
              "suite_params": {"train": cfg.train, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
     return rows, stamp
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",
-           "in_unit_order", "longest_first", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",
+           "in_unit_order", "longest_first", "read_machines", "read_shifts", "unit_key", "unit_learner", "resolve", "results_path", "shift_rows", "shifts_path",
            "run_experiment", "run_suite_unit", "suite_config", "unit_runtime", "units"]

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor
 
 from gramlib.gram.meta import LossFn, params_cosine, params_norm, task_gradient
 from gramlib.gram.regulator import RegulatorConfig, regulate_gradient
+from gramlib.stats import paired_interval  # re-exported: the regulator sweep and notebooks use it here
 
 #: The columns of ``reports/meta/regulator_effect.csv`` (issue 15's bar), in this order.
 EFFECT_COLUMNS = ["stage", "split", "cos_raw", "cos_regulated", "ci_low", "ci_high", "n_tasks"]
@@ -69,15 +69,6 @@ def alignment_rows(theta: Mapping[str, Tensor], phi: Mapping[str, Tensor], pairs
     """:func:`gradient_alignment` of every (train, other) batch pair, one row each (``task`` = its index)."""
     return [{**labels, "task": i, **gradient_alignment(theta, phi, a, b, loss_fn, reg, phi_ref)}
             for i, (a, b) in enumerate(pairs)]
-
-
-def paired_interval(raw: Any, reg: Any, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean paired difference reg - raw (tasks are the independent units)."""
-    d = np.asarray(reg, dtype=float) - np.asarray(raw, dtype=float)
-    if d.size < 2:
-        return math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1)) * float(d.std(ddof=1)) / math.sqrt(d.size)
-    return float(d.mean()) - half, float(d.mean()) + half
 
 
 def effect_table(per_task: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:

@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gramlib.gram.regulator_effect import paired_interval
-from gramlib.reference.audit import harmonic_mean
-from gramlib.reporting.tables import final_epoch
+from gramlib.stats import paired_interval
+from gramlib.reporting.tables import unit_scores
 
 GLANCE_COLUMNS = ["method", "metric", "mean", "delta", "ci_low", "ci_high", "n_pairs", "verdict"]
 METRICS = ("base", "new", "H")
-
-
-def unit_scores(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, dataset, seed): base and new accuracy of the final epoch, and their H."""
-    rows = final_epoch(rows[rows["protocol"] == "base2new"])
-    per = rows.pivot_table(index=["method", "dataset", "seed"], columns="split", values="accuracy").reset_index()
-    per = per.dropna(subset=["base", "new"])
-    per["H"] = harmonic_mean(per["base"], per["new"])
-    return per[["method", "dataset", "seed", *METRICS]]
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -58,4 +48,4 @@ def ablation_glance(rows: pd.DataFrame, methods: list[str], reference: str, leve
     return pd.DataFrame(out, columns=GLANCE_COLUMNS)
 
 
-__all__ = ["GLANCE_COLUMNS", "ablation_glance", "unit_scores", "verdict"]
+__all__ = ["GLANCE_COLUMNS", "ablation_glance", "verdict"]

@@ -30,11 +30,45 @@ def git_commit(repo: Path = REPO) -> dict[str, Any]:
         return {"commit": os.environ.get("GRAM_COMMIT", "unknown"), "dirty": None}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform's answer elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+#: the libraries whose versions can move a number (float kernels, solvers, clustering)
+VERSIONED = ("numpy", "scipy", "pandas", "scikit-learn", "open_clip_torch", "torchvision", "bertopic",
+             "hdbscan", "umap-learn", "sentence-transformers")
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a number was computed: numbers from other machines agree within their intervals, not to
+    the bit (float reductions differ between CPUs and thread counts), so the record says which."""
+    from importlib import metadata
+
+    import torch
+
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "versions": versions}
+
+
 def provenance(profile: str, params: dict | None = None, **extra: Any) -> dict[str, Any]:
     import torch
 
     return {"profile": profile, **git_commit(), "params": params or {}, "torch": torch.__version__,
-            "python": platform.python_version(), **extra}
+            "python": platform.python_version(), "machine": machine_info(), **extra}
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -3,7 +3,8 @@
 Result rows (accuracy in percent; one per protocol, dataset, method, seed, shots, epoch, split) are produced by
 ``gramlib.experiments.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
 std, n_seeds``; ``metric`` follows ``gramlib/reference/paper_tables.csv`` (``base``/``new``/``H``
-for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables).
+for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables); ``ci_low``/``ci_high`` bound
+the mean with a 95 % Student-t interval over its ``n_seeds`` (:func:`with_intervals`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
 
-TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds"]
+TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"]
 
 
 def final_epoch(rows: pd.DataFrame) -> pd.DataFrame:
@@ -25,6 +26,18 @@ def final_epoch(rows: pd.DataFrame) -> pd.DataFrame:
     key = ["protocol", "dataset", "method", "seed", "shots", "split"]
     last = rows.groupby(key)["epoch"].transform("max")
     return rows[rows["epoch"] == last]
+
+
+def with_intervals(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """``ci_low``/``ci_high``: mean ± t·std/√n over the row's seeds (for H: the std of per-seed H, as the
+    table's std); NaN with one seed. Seeds are the independent draws the table's std is taken over."""
+    from gramlib.stats import t_half_width
+
+    out = table.copy()
+    half = [t_half_width(float(sd), int(n), level) if pd.notna(sd) and pd.notna(n) else np.nan
+            for sd, n in zip(out["std"], out["n_seeds"])]
+    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+    return out
 
 
 def _std(x: pd.Series) -> float:
@@ -48,9 +61,9 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
                                   ("H", harmonic_mean(b, n), _std(g["H"]))):
             out.append({"dataset": dataset, "method": method, "metric": metric, "mean": mean,
                         "std": std, "n_seeds": g["seed"].nunique()})
-    table = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    table = pd.DataFrame(out, columns=TABLE_COLUMNS[:6])
     if table.empty:
-        return table
+        return with_intervals(table)
     # Average over datasets: per seed, mean over datasets; then the same statistics
     avg_seed = per_seed.groupby(["method", "seed"])[["base", "new"]].mean().reset_index()
     avg_seed["H"] = harmonic_mean(avg_seed["base"], avg_seed["new"])
@@ -59,7 +72,7 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
         for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
                                   ("H", harmonic_mean(b, n), _std(g["H"]))):
             table.loc[len(table)] = [average_name, method, metric, mean, std, g["seed"].nunique()]
-    return table
+    return with_intervals(table)
 
 
 def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
@@ -72,14 +85,14 @@ def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
     for (dataset, method), g in rows.groupby(["dataset", "method"], sort=False):
         out.append({"dataset": dataset, "method": method, "metric": metric, "mean": g["accuracy"].mean(),
                     "std": _std(g["accuracy"]), "n_seeds": g["seed"].nunique()})
-    table = pd.DataFrame(out, columns=TABLE_COLUMNS)
+    table = pd.DataFrame(out, columns=TABLE_COLUMNS[:6])
     targets = rows[rows["dataset"] != source]
     if len(targets):
         per_seed = targets.groupby(["method", "seed"])["accuracy"].mean().reset_index()
         for method, g in per_seed.groupby("method", sort=False):
             table.loc[len(table)] = [average_name, method, metric, g["accuracy"].mean(),
                                      _std(g["accuracy"]), g["seed"].nunique()]
-    return table
+    return with_intervals(table)
 
 
 def fmt(mean: float, std: float) -> str:
@@ -149,21 +162,56 @@ def gram_deltas(table: pd.DataFrame, metric: str, dataset: str = "Average",
     return pd.DataFrame(out, columns=["pair", "metric", "delta"])
 
 
+def unit_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, dataset, seed) of base-to-new rows: base and new accuracy of the final epoch, and
+    their H: the paired units of every "method A vs method B" comparison."""
+    rows = final_epoch(rows[rows["protocol"] == "base2new"])
+    per = rows.pivot_table(index=["method", "dataset", "seed"], columns="split", values="accuracy").reset_index()
+    per = per.dropna(subset=["base", "new"])
+    per["H"] = harmonic_mean(per["base"], per["new"])
+    return per[["method", "dataset", "seed", "base", "new", "H"]]
+
+
+def transfer_unit_scores(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (method, dataset, seed) of one transfer view's rows: the final epoch's test accuracy as ``metric``."""
+    rows = final_epoch(rows[rows["split"] == "test"])
+    per = rows.groupby(["method", "dataset", "seed"], sort=False)["accuracy"].mean().rename(metric).reset_index()
+    return per
+
+
+def paired_units(scores: pd.DataFrame, a: str, b: str, metric: str, dataset: str = "Average",
+                 average_excludes: Sequence[str] = ()) -> pd.DataFrame:
+    """The (dataset, seed) units both ``a`` and ``b`` ran (one dataset's seeds, or for "Average" all
+    datasets but ``average_excludes``, e.g. a transfer table's source), with their ``metric`` side by side."""
+    s = scores[~scores["dataset"].isin(average_excludes)] if dataset == "Average" else scores[scores["dataset"] == dataset]
+    wide = s[s["method"].isin([a, b])].pivot_table(index=["dataset", "seed"], columns="method", values=metric)
+    return wide.dropna() if {a, b} <= set(wide.columns) else pd.DataFrame(columns=[a, b])
+
+
 def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], dataset: str = "Average",
                     paper_dataset: str = "Average", pairs: tuple[tuple[str, str], ...] = GRAM_PAIRS,
-                    paper_names: dict[str, str] | None = None) -> pd.DataFrame:
-    """Does each change of method move our numbers the way it moves the paper's?
+                    paper_names: dict[str, str] | None = None, rows: pd.DataFrame | None = None,
+                    average_excludes: Sequence[str] = (), level: float = 0.95) -> pd.DataFrame:
+    """Does each change of method move our numbers the way it moves the paper's, resolvably?
 
     One row per pair (a, b) and metric: ours = b − a in our table, paper = the same difference in the
     paper's table, where ``paper_names`` maps our method labels to the paper's row names (for rows a
-    profile hosts differently, e.g. the mini profile's CoOp-hosted ablations of Table 6).
+    profile hosts differently, e.g. the mini profile's CoOp-hosted ablations of Table 6). With the
+    base-to-new result ``rows``, the difference is also taken per (dataset, seed) unit: its ``level``
+    t-interval (``ci_low``, ``ci_high``), a sign-flip permutation p-value and the verdict ``agrees`` /
+    ``opposite`` / ``not resolved at this size`` (:func:`gramlib.stats.verdict`); without rows the
+    verdict is the sign alone and says so. Transfer tables pass one view's rows (metric ``acc_Nshot``)
+    and their source in ``average_excludes`` (their average is over the targets).
     """
     from gramlib.reference import paper_table
+    from gramlib.stats import paired_interval, paired_permutation_p, verdict
 
     names = paper_names or {}
     ref = paper_table(table_number).rename(columns={"value": "mean"})
-    rows = []
+    out = []
     for metric in metrics:
+        scores = None if rows is None else (unit_scores(rows) if metric in ("base", "new", "H")
+                                            else transfer_unit_scores(rows, metric))
         mine = gram_deltas(ours, metric, dataset, pairs).set_index("pair")["delta"]
         mapped = tuple((names.get(a, a), names.get(b, b)) for a, b in pairs)
         theirs = gram_deltas(ref, metric, paper_dataset, mapped).set_index("pair")["delta"].to_dict()
@@ -172,10 +220,19 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
             if pair not in mine.index:
                 continue
             p = float(theirs.get(f"{pb} − {pa}", np.nan))
-            rows.append({"pair": pair, "paper_pair": f"{pb} − {pa}", "metric": metric, "ours": float(mine[pair]),
-                         "paper": p,
-                         "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None})
-    return pd.DataFrame(rows, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction"])
+            row = {"pair": pair, "paper_pair": f"{pb} − {pa}", "metric": metric, "ours": float(mine[pair]),
+                   "paper": p, "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None,
+                   "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0,
+                   "verdict": "sign only (no unit rows)"}
+            if scores is not None:
+                u = paired_units(scores, a, b, metric, dataset, average_excludes)
+                lo, hi = paired_interval(u[a], u[b], level) if len(u) else (np.nan, np.nan)
+                row.update(ci_low=lo, ci_high=hi, n_units=int(len(u)),
+                           p_value=paired_permutation_p(u[a], u[b]) if len(u) else np.nan,
+                           verdict=verdict(lo, hi, p if np.isfinite(p) else None))
+            out.append(row)
+    return pd.DataFrame(out, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction",
+                                      "ci_low", "ci_high", "p_value", "n_units", "verdict"])
 
 
 def write_table(table: pd.DataFrame, stem: str, reports_dir: str | Path, markdown: str, stamp: dict) -> dict[str, Path]:
@@ -184,6 +241,8 @@ def write_table(table: pd.DataFrame, stem: str, reports_dir: str | Path, markdow
     from gramlib.io import atomic_path
     from gramlib.reporting.provenance import write_csv, write_provenance
 
+    if {"mean", "std", "n_seeds"} <= set(table.columns) and not {"ci_low", "ci_high"} <= set(table.columns):
+        table = with_intervals(table)
     missing = set(TABLE_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"{stem}: missing columns {sorted(missing)}")
@@ -208,15 +267,27 @@ def save_table(table: pd.DataFrame, number: int, slug: str, reports_dir: str | P
 
 def describe_check(check: pd.DataFrame) -> str:
     """One sentence per row of :func:`direction_check`, for the notebooks' verdicts."""
+    from gramlib.stats import AGREES, OPPOSITE, UNRESOLVED
+
     if check.empty:
         return "No GRAM pair was run, so there is nothing to compare."
     out = []
     for r in check.itertuples():
-        verdict = ("same direction as the paper" if r.same_direction else
-                   "the opposite direction to the paper" if r.same_direction is not None else "no paper number")
-        out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f}, paper {r.paper:+.2f} → {verdict}.")
-    n_same = int(check["same_direction"].fillna(False).sum())
-    out.append(f"\n**{n_same} of {len(check)}** effects point the same way as in the paper.")
+        if np.isfinite(r.ci_low):
+            out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over "
+                       f"{r.n_units} dataset×seed units, paired permutation p = {r.p_value:.3g}), paper {r.paper:+.2f} "
+                       f"→ **{r.verdict}**.")
+        else:
+            sign = ("same sign as the paper" if r.same_direction else
+                    "opposite sign to the paper" if r.same_direction is not None else "no paper number")
+            out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f}, paper {r.paper:+.2f} → {sign} (sign only: not a test).")
+    v = check["verdict"]
+    if v.isin([AGREES, OPPOSITE, UNRESOLVED]).any():
+        out.append(f"\n**{int((v == AGREES).sum())} of {len(check)}** effects agree with the paper, "
+                   f"{int((v == OPPOSITE).sum())} are opposite, {int((v == UNRESOLVED).sum())} are not resolved at this size.")
+    else:
+        n_same = int(check["same_direction"].fillna(False).sum())
+        out.append(f"\n**{n_same} of {len(check)}** effects have the paper's sign (not a test: no unit rows).")
     return "\n".join(out)
 
 
@@ -235,7 +306,8 @@ def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.
     per = avg[avg["method"].isin(runs)].pivot_table(index="method", columns="metric", values="mean")
     spread = pd.DataFrame([["Average", f"{runs[0]} over meta seeds", metric, float(per[metric].mean()),
                             _std(per[metric]), len(per)] for metric in ("base", "new", "H") if len(per)],
-                          columns=TABLE_COLUMNS)
+                          columns=TABLE_COLUMNS[:6])
+    spread = with_intervals(spread)  # over the meta-training runs
     return pd.concat([out[TABLE_COLUMNS], spread], ignore_index=True) if len(spread) else out[TABLE_COLUMNS].reset_index(drop=True)
 
 
@@ -311,7 +383,9 @@ def transfer_report(key: str, profile: Any, reports_dir: str | Path | None = Non
     markdown = transfer_markdown(table, prof.source, methods)
     ref = paper_table(spec.number)
     metric = f"acc_{stamp['shots']}shot"
-    check = pd.concat([direction_check(table, spec.number, [metric], dataset=d, paper_dataset=pd_).assign(where=w)
+    view = rows[(rows["protocol"] == spec.view) & (rows["shots"] == stamp["shots"])]
+    check = pd.concat([direction_check(table, spec.number, [metric], dataset=d, paper_dataset=pd_, rows=view,
+                                       average_excludes=(prof.source,)).assign(where=w)
                        for d, pd_, w in (("Average", "Average", "target average"),
                                          (prof.source, ref["dataset"].iloc[0], "source"))],
                       ignore_index=True)

@@ -1,0 +1,153 @@
+"""The world probe (issue 14): does a profile's world have the problem GRAM addresses, and can it see it?
+
+GRAM's premise (its Figure 1, Table 1) is that prompt tuning gains on the base classes it is tuned on
+and loses on new classes, more so the longer it trains.  The probe measures exactly that, per downstream
+dataset and data seed, with the suite's own pieces (few-shot sampling, base/new split, frozen features,
+CoOp's recipe): zero-shot CLIP; CoOp after the recipe's epochs and after a long run (the accuracy on its
+own K-shot training images too: overfitting needs room to fit); a linear probe on the same shots (how
+separable the frozen features are); and how many shots two seeds share (a seed spread means little when
+the seeds train on the same images).  It is the tool to design a world with: ``gramlib probe``, a few
+minutes on 2 cores for the mini profile, and a DVC stage writing ``reports/world_probe.json``.
+
+The JSON's top-level accuracies average the datasets of the seed-averaged per-dataset values; ``bars``
+compares them with issue 14's thresholds.  ``coop10_*``/``coop50_*`` are the short and the long run
+(``short_epochs``/``long_epochs``: 10 and 50 except in the smoke profile, which shrinks them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gramlib.config import Profile, load_params, section_layers, typed
+
+PROBE_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
+              "coop50_train", "probe_train", "probe_base", "shot_overlap")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """params.yaml ``probe`` (with the profile's overlay ``profiles.<name>.probe``)."""
+
+    shots: int = 16
+    seeds: tuple[int, ...] = (1, 2)
+    short_epochs: int = 10  # CoOp's recipe
+    long_epochs: int = 50  # Figure 1b's 5x
+    datasets: tuple[str, ...] | None = None  # None: the profile's downstream datasets
+    C: float = 100.0  # the linear probe's inverse L2 penalty (large: separability)
+
+    def __post_init__(self) -> None:
+        if self.shots < 1 or not self.seeds:
+            raise ValueError("probe.shots must be >= 1 and probe.seeds non-empty")
+        if not 2 <= self.short_epochs < self.long_epochs:
+            raise ValueError(f"probe: need 2 <= short_epochs < long_epochs, got {self.short_epochs}, {self.long_epochs}")
+
+
+def probe_config(profile_name: str, params: dict | None = None) -> ProbeConfig:
+    layers = section_layers("probe", profile_name, load_params() if params is None else params)
+    return typed(ProbeConfig, layers[0][1], layers[0][0], over=layers[1:])
+
+
+def shot_overlap(a: set[str], b: set[str]) -> float:
+    """The fraction of one seed's shots the other seed also drew (equal-sized draws: symmetric)."""
+    if not a or not b:
+        raise ValueError("shot_overlap: an empty few-shot draw")
+    return len(a & b) / min(len(a), len(b))
+
+
+def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train: dict[str, Any]) -> dict[str, float]:
+    from gramlib.experiments.protocols import run_unit, unit_data
+
+    train_set, targets = unit_data(env, "base2new", dataset, shots, seed, train_split=True)
+    rows = run_unit(env, "base2new", "CoOp", seed, shots, train_set, targets, learner_name="coop",
+                    train={**train, "epochs": epochs, "eval_every": epochs})
+    return {r["split"]: r["accuracy"] for r in rows if r["epoch"] == epochs}
+
+
+def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: dict[str, Any]) -> dict[str, Any]:
+    """Every measurement of one (dataset, seed): accuracies in percent."""
+    from gramlib.experiments.linear_probe import base_class_probe
+    from gramlib.experiments.protocols import run_unit, unit_data
+
+    t0 = time.perf_counter()
+    _, targets = unit_data(env, "base2new", dataset, cfg.shots, seed)
+    zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None, targets,
+                                                        learner_name="zeroshot")}
+    short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train)
+    long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train)
+    lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
+    return {"dataset": dataset, "seed": seed, "zs_base": zs["base"], "zs_new": zs["new"],
+            "coop10_base": short["base"], "coop10_new": short["new"], "coop10_train": short["train"],
+            "coop50_base": long["base"], "coop50_new": long["new"], "coop50_train": long["train"],
+            "probe_train": lp.train_accuracy, "probe_base": lp.test_accuracy, "seconds": time.perf_counter() - t0}
+
+
+def dataset_overlaps(env: Any, dataset: str, cfg: ProbeConfig) -> float:
+    """Mean :func:`shot_overlap` over the pairs of seeds (NaN with one seed)."""
+    from gramlib.experiments.protocols import fewshot_dataset
+
+    draws = {s: {it.impath for it in fewshot_dataset(env, dataset, cfg.shots, s).train} for s in cfg.seeds}
+    pairs = [shot_overlap(draws[a], draws[b]) for a, b in itertools.combinations(cfg.seeds, 2)]
+    return float(sum(pairs) / len(pairs)) if pairs else float("nan")
+
+
+def summarise(units: pd.DataFrame, overlaps: dict[str, float]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-dataset means over seeds (with the overlap) and their average over datasets."""
+    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+    per = units.groupby("dataset", sort=False)[keys].mean()
+    per["shot_overlap"] = pd.Series(overlaps)
+    avg = {k: float(per[k].mean()) for k in PROBE_KEYS}
+    return per.reset_index(), avg
+
+
+def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Issue 14's thresholds on the averages: the paper's problem exists, and seeds are distinct draws."""
+    checks = {
+        "coop10_base_gain_ge_5": avg["coop10_base"] - avg["zs_base"],
+        "coop10_new_le_zs_new": avg["zs_new"] - avg["coop10_new"],
+        "coop50_new_drop_ge_2": avg["coop10_new"] - avg["coop50_new"],
+        "shot_overlap_le_0.25": 0.25 - avg["shot_overlap"],
+    }
+    need = {"coop10_base_gain_ge_5": 5.0, "coop10_new_le_zs_new": 0.0, "coop50_new_drop_ge_2": 2.0,
+            "shot_overlap_le_0.25": 0.0}
+    return {k: {"value": v, "met": bool(v >= need[k])} for k, v in checks.items()}
+
+
+def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *, params: dict | None = None,
+              threads: int = 2) -> dict[str, Any]:
+    """Probe every dataset and seed, write ``out_json`` (and the per-dataset CSV beside it) atomically."""
+    import torch
+
+    from gramlib.experiments.protocols import load_env
+    from gramlib.experiments.spec import suite_config
+    from gramlib.io import atomic_path, write_json
+    from gramlib.reporting.provenance import provenance
+
+    torch.set_num_threads(threads)
+    env = load_env(profile)
+    datasets = list(cfg.datasets or profile.datasets)
+    unknown = sorted(set(datasets) - set(profile.datasets))
+    if unknown:
+        raise ValueError(f"probe.datasets: {unknown} are not datasets of profile {profile.name!r}")
+    coop_train = {k: v for k, v in suite_config(profile.name, params).train.get("coop", {}).items() if k != "epochs"}
+    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train) for d in datasets for s in cfg.seeds])
+    per, avg = summarise(units, {d: dataset_overlaps(env, d, cfg) for d in datasets})
+    out = Path(out_json)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        per.to_csv(tmp, index=False, float_format="%.4f")
+    result = {**avg, "bars": bars(avg), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
+              "per_dataset": per.set_index("dataset").to_dict(orient="index"),
+              "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg),
+              "provenance": provenance(profile.name)}
+    write_json(out, result)
+    return result
+
+
+__all__ = ["PROBE_KEYS", "ProbeConfig", "bars", "dataset_overlaps", "probe_config", "probe_unit", "run_probe",
+           "shot_overlap", "summarise"]

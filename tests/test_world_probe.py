@@ -1,0 +1,58 @@
+"""The world probe (issue 14): its arithmetic by hand, and one run on the smoke world."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from gramlib.experiments.world_probe import PROBE_KEYS, ProbeConfig, bars, probe_config, run_probe, shot_overlap, summarise
+
+
+def test_shot_overlap_counts_shared_images():
+    assert shot_overlap({"a", "b", "c", "d"}, {"c", "d", "e", "f"}) == 0.5
+    assert shot_overlap({"a"}, {"b"}) == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        shot_overlap(set(), {"a"})
+
+
+def test_summary_averages_seeds_then_datasets_and_bars_use_the_thresholds():
+    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+    units = pd.DataFrame([{"dataset": "d1", "seed": 1, **{k: 60.0 for k in keys}},
+                          {"dataset": "d1", "seed": 2, **{k: 70.0 for k in keys}},
+                          {"dataset": "d2", "seed": 1, **{k: 40.0 for k in keys}}])
+    per, avg = summarise(units, {"d1": 0.2, "d2": 0.4})
+    assert per.set_index("dataset").loc["d1", "zs_base"] == 65.0
+    assert avg["zs_base"] == pytest.approx((65.0 + 40.0) / 2) and avg["shot_overlap"] == pytest.approx(0.3)
+    avg = {**{k: 0.0 for k in PROBE_KEYS}, "zs_base": 60.0, "coop10_base": 66.0, "zs_new": 70.0, "coop10_new": 69.0,
+           "coop50_new": 67.5, "shot_overlap": 0.3}
+    b = bars(avg)
+    assert b["coop10_base_gain_ge_5"] == {"value": 6.0, "met": True}
+    assert b["coop10_new_le_zs_new"]["met"] and not b["coop50_new_drop_ge_2"]["met"]
+    assert b["coop50_new_drop_ge_2"]["value"] == pytest.approx(1.5)
+    assert not b["shot_overlap_le_0.25"]["met"]
+
+
+def test_probe_config_is_strict():
+    assert probe_config("mini") == ProbeConfig()
+    with pytest.raises(ValueError, match="short_epochs < long_epochs"):
+        ProbeConfig(short_epochs=10, long_epochs=10)
+    with pytest.raises(ValueError, match=r"probe: unknown key 'epoch'"):
+        probe_config("mini", {"probe": {"epoch": 3}, "profiles": {"mini": {}}})
+
+
+def test_probe_on_the_smoke_world(smoke, tmp_path):
+    cfg = ProbeConfig(shots=2, seeds=(1, 2), short_epochs=2, long_epochs=3, datasets=("mini_glyphs",))
+    res = run_probe(smoke, cfg, tmp_path / "world_probe.json", threads=1)
+    for k in PROBE_KEYS:
+        assert k in res and not math.isnan(res[k]), k
+    assert all(0.0 <= res[k] <= 100.0 for k in PROBE_KEYS if k != "shot_overlap")
+    assert 0.0 <= res["shot_overlap"] <= 1.0
+    assert set(res["bars"]) == {"coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2",
+                                "shot_overlap_le_0.25"}
+    per = pd.read_csv(tmp_path / "world_probe.csv")
+    assert list(per["dataset"]) == ["mini_glyphs"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)
+    assert res["provenance"]["machine"]["cpu_count"] >= 1
+    with pytest.raises(ValueError, match="not datasets of profile"):
+        run_probe(smoke, ProbeConfig(datasets=("imagenet",)), tmp_path / "x.json")
