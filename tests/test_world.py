@@ -96,3 +96,13 @@ def test_smoke_world_is_written_in_the_real_formats(smoke):
         assert (root / smoke.coop_dir / name / f"split_zhou_{name}.json").exists()
     src = load_dataset(root / smoke.coop_dir, smoke.source)
     assert len(src.train) == manifest["datasets"][smoke.source]["train"]
+
+
+def test_world_manifest_is_deterministic_content(smoke):
+    """world.json is part of a DVC output (data/<profile>): wall-clock timings in it would change the
+    output's hash on every run and rerun everything downstream of the whole folder."""
+    from gramlib.io import read_json
+
+    manifest = read_json(smoke.root / "world.json")
+    assert "timings" not in manifest
+    assert manifest["profile"] == "smoke" and manifest["datasets"]
