@@ -55,11 +55,20 @@ def paired_permutation_p(a: Any, b: Any, n_resamples: int = 20_000, seed: int = 
     return float(res.pvalue)
 
 
-def verdict(lo: float, hi: float, paper: float | None) -> str:
-    """Our difference's interval against the paper's difference: agrees, opposite or not resolved."""
+def resolved(lo: float, hi: float, p: float | None = None, level: float = 0.95) -> bool:
+    """A difference is resolved when its t-interval excludes 0 *and*, where given, the permutation
+    p-value is below 1 - ``level``: with three units the t-interval can exclude 0 while no sign-flip
+    test can (its smallest p is 2/8), and then the honest answer is "not at this size"."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 <= hi:
+        return False
+    return p is None or (math.isfinite(p) and p < 1.0 - level)
+
+
+def verdict(lo: float, hi: float, paper: float | None, p: float | None = None, level: float = 0.95) -> str:
+    """Our difference (interval, p-value) against the paper's difference: agrees, opposite or not resolved."""
     if paper is None or not math.isfinite(paper):
         return NO_PAPER
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 <= hi:
+    if not resolved(lo, hi, p, level):
         return UNRESOLVED
     ours = 1.0 if lo > 0 else -1.0
     if paper == 0.0:
@@ -68,4 +77,4 @@ def verdict(lo: float, hi: float, paper: float | None) -> str:
 
 
 __all__ = ["AGREES", "NO_PAPER", "OPPOSITE", "UNRESOLVED", "mean_interval", "paired_interval",
-           "paired_permutation_p", "t_half_width", "verdict"]
+           "paired_permutation_p", "resolved", "t_half_width", "verdict"]

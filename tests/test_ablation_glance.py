@@ -23,17 +23,18 @@ def _rows(acc: dict[str, dict[tuple[str, int], tuple[float, float]]]) -> pd.Data
 
 
 def test_paired_difference_and_interval_by_hand():
-    units = [("d1", 1), ("d1", 2), ("d2", 1), ("d2", 2)]
+    units = [("d1", 1), ("d1", 2), ("d1", 3), ("d2", 1), ("d2", 2), ("d2", 3)]
     ref = {u: (70.0 + i, 60.0 + 2 * i) for i, u in enumerate(units)}
-    new_gain = [1.0, 3.0, 2.0, 2.0]  # new accuracy gains of "B" per unit
+    new_gain = [1.0, 3.0, 2.0, 2.0, 1.5, 2.5]  # new accuracy gains of "B" per unit
     b = {u: (ref[u][0], ref[u][1] + g) for u, g in zip(units, new_gain)}
     c = {u: (ref[u][0] - 0.5 + (0.2 if i % 2 else -0.2), ref[u][1]) for i, u in enumerate(units)}
     glance = ablation_glance(_rows({"A": ref, "B": b, "C": c}), ["A", "B", "C"], reference="A").set_index(["method", "metric"])
 
     d = np.array(new_gain)
-    half = 3.182446305284263 * d.std(ddof=1) / math.sqrt(4)  # t_{0.975, 3}
+    half = 2.570581835636314 * d.std(ddof=1) / math.sqrt(6)  # t_{0.975, 5}
     row = glance.loc[("B", "new")]
-    assert row["delta"] == pytest.approx(2.0) and row["n_pairs"] == 4
+    assert row["delta"] == pytest.approx(2.0) and row["n_pairs"] == 6
+    assert row["p_value"] == pytest.approx(2 / 64)  # all six gains positive: only the two one-sign flips
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((2.0 - half, 2.0 + half))
     assert row["verdict"] == "higher" and row["mean"] == pytest.approx(np.mean([ref[u][1] for u in units]) + 2.0)
     # C: base 0.5 lower with a small spread, resolved as lower; its new accuracy is identical (interval 0)
@@ -47,6 +48,7 @@ def test_paired_difference_and_interval_by_hand():
 
 def test_verdict_and_missing_rows():
     assert verdict(0.1, 0.5) == "higher" and verdict(-0.5, -0.1) == "lower" and verdict(-0.1, 0.1) == "not resolved"
+    assert verdict(0.1, 0.5, p=0.25) == "not resolved"  # three units: no sign-flip test can reach 5 %
     rows = _rows({"A": {("d", 1): (50.0, 50.0), ("d", 2): (51.0, 49.0)}})
     with pytest.raises(ValueError, match=r"no base-to-new rows for \['B'\]"):
         ablation_glance(rows, ["A", "B"], reference="A")

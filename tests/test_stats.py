@@ -41,6 +41,8 @@ def test_verdicts():
     assert verdict(-0.2, 1.0, 1.8) == UNRESOLVED
     assert verdict(0.2, 1.0, None) == NO_PAPER and verdict(0.2, 1.0, float("nan")) == NO_PAPER
     assert verdict(float("nan"), float("nan"), 1.0) == UNRESOLVED
+    # the interval alone excludes 0, but with 3 units the permutation test cannot (p >= 2/8): not resolved
+    assert verdict(0.08, 0.34, 0.17, p=0.25) == UNRESOLVED and verdict(0.08, 0.34, 0.17, p=0.01) == AGREES
 
 
 def test_table_intervals_and_direction_check_with_unit_rows():

@@ -3,27 +3,27 @@
 The four rows are base-to-new runs on the same datasets and data seeds: θ* with R^φ* (CoOp+GRAM),
 θ* with R = identity, the hand-crafted θ ("a photo of a") with R^φ*, and plain CoOp (neither).  A
 (dataset, seed) pair is one paired unit: every row saw the same K shots and the same test images, so
-the difference of a row from the reference is measured per unit and its Student-t interval is taken
-over units.  A difference whose interval contains 0 is "not resolved", whatever its mean.
+the difference of a row from the reference is measured per unit, and its Student-t interval and a
+sign-flip permutation p-value are taken over units.  A difference whose interval contains 0 (or whose p
+is not below 5 %) is "not resolved", whatever its mean.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from gramlib.stats import paired_interval
+from gramlib.stats import paired_interval, paired_permutation_p, resolved
 from gramlib.reporting.tables import unit_scores
 
-GLANCE_COLUMNS = ["method", "metric", "mean", "delta", "ci_low", "ci_high", "n_pairs", "verdict"]
+GLANCE_COLUMNS = ["method", "metric", "mean", "delta", "ci_low", "ci_high", "p_value", "n_pairs", "verdict"]
 METRICS = ("base", "new", "H")
 
 
-def verdict(lo: float, hi: float) -> str:
-    if lo > 0:
-        return "higher"
-    if hi < 0:
-        return "lower"
-    return "not resolved"
+def verdict(lo: float, hi: float, p: float | None = None, level: float = 0.95) -> str:
+    """higher / lower when resolved (:func:`gramlib.stats.resolved`: interval excludes 0, p below 1 - level)."""
+    if not resolved(lo, hi, p, level):
+        return "not resolved"
+    return "higher" if lo > 0 else "lower"
 
 
 def ablation_glance(rows: pd.DataFrame, methods: list[str], reference: str, level: float = 0.95) -> pd.DataFrame:
@@ -41,10 +41,14 @@ def ablation_glance(rows: pd.DataFrame, methods: list[str], reference: str, leve
     for method in methods:
         for metric in METRICS:
             x, ref = wide[(metric, method)], wide[(metric, reference)]
-            lo, hi = paired_interval(ref, x, level) if method != reference else (float("nan"), float("nan"))
+            if method == reference:
+                lo = hi = p = float("nan")
+            else:
+                (lo, hi), p = paired_interval(ref, x, level), paired_permutation_p(ref, x)
             out.append({"method": method, "metric": metric, "mean": float(x.mean()),
-                        "delta": float((x - ref).mean()), "ci_low": lo, "ci_high": hi, "n_pairs": int(len(x)),
-                        "verdict": "reference" if method == reference else verdict(lo, hi)})
+                        "delta": float((x - ref).mean()), "ci_low": lo, "ci_high": hi, "p_value": p,
+                        "n_pairs": int(len(x)),
+                        "verdict": "reference" if method == reference else verdict(lo, hi, p, level)})
     return pd.DataFrame(out, columns=GLANCE_COLUMNS)
 
 

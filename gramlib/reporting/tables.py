@@ -199,7 +199,8 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     profile hosts differently, e.g. the mini profile's CoOp-hosted ablations of Table 6). With the
     base-to-new result ``rows``, the difference is also taken per (dataset, seed) unit: its ``level``
     t-interval (``ci_low``, ``ci_high``), a sign-flip permutation p-value and the verdict ``agrees`` /
-    ``opposite`` / ``not resolved at this size`` (:func:`gramlib.stats.verdict`); without rows the
+    ``opposite`` / ``not resolved at this size`` (:func:`gramlib.stats.verdict`: the interval must exclude 0
+    and the p-value be below 1 - ``level``); without rows the
     verdict is the sign alone and says so. Transfer tables pass one view's rows (metric ``acc_Nshot``)
     and their source in ``average_excludes`` (their average is over the targets).
     """
@@ -227,9 +228,9 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
             if scores is not None:
                 u = paired_units(scores, a, b, metric, dataset, average_excludes)
                 lo, hi = paired_interval(u[a], u[b], level) if len(u) else (np.nan, np.nan)
-                row.update(ci_low=lo, ci_high=hi, n_units=int(len(u)),
-                           p_value=paired_permutation_p(u[a], u[b]) if len(u) else np.nan,
-                           verdict=verdict(lo, hi, p if np.isfinite(p) else None))
+                pv = paired_permutation_p(u[a], u[b]) if len(u) else np.nan
+                row.update(ci_low=lo, ci_high=hi, n_units=int(len(u)), p_value=pv,
+                           verdict=verdict(lo, hi, p if np.isfinite(p) else None, pv, level))
             out.append(row)
     return pd.DataFrame(out, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction",
                                       "ci_low", "ci_high", "p_value", "n_units", "verdict"])
@@ -273,14 +274,15 @@ def describe_check(check: pd.DataFrame) -> str:
         return "No GRAM pair was run, so there is nothing to compare."
     out = []
     for r in check.itertuples():
+        where = f" ({r.where})" if "where" in check.columns else ""
         if np.isfinite(r.ci_low):
-            out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over "
+            out.append(f"- {r.pair}{where}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over "
                        f"{r.n_units} dataset×seed units, paired permutation p = {r.p_value:.3g}), paper {r.paper:+.2f} "
                        f"→ **{r.verdict}**.")
         else:
             sign = ("same sign as the paper" if r.same_direction else
                     "opposite sign to the paper" if r.same_direction is not None else "no paper number")
-            out.append(f"- {r.pair}, {r.metric}: ours {r.ours:+.2f}, paper {r.paper:+.2f} → {sign} (sign only: not a test).")
+            out.append(f"- {r.pair}{where}, {r.metric}: ours {r.ours:+.2f}, paper {r.paper:+.2f} → {sign} (sign only: not a test).")
     v = check["verdict"]
     if v.isin([AGREES, OPPOSITE, UNRESOLVED]).any():
         out.append(f"\n**{int((v == AGREES).sum())} of {len(check)}** effects agree with the paper, "
