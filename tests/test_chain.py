@@ -74,7 +74,7 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
     reports = chain / "reports"
     for stem in TABLES:
         df = pd.read_csv(reports / "tables" / f"{stem}.csv")
-        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds"], stem
+        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"], stem
         assert len(df) > 0 and (df["n_seeds"] == 1).all(), stem
         assert df["mean"].between(0, 100).all(), stem
         md = (reports / "tables" / f"{stem}.md").read_text()
@@ -86,7 +86,7 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
         f"UNIGRAM ({n} tokens)" for n in (2, 4, 6, 8)}
     for stem in OWN_TABLES:
         df = pd.read_csv(reports / "tables" / f"{stem}.csv")
-        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds"], stem
+        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"], stem
         assert len(df) > 0 and df["mean"].between(0, 100).all(), stem
     b2n = set(pd.read_csv(reports / "tables" / "table_restore_base_to_new.csv")["method"])
     assert {"CLIP", "CoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "IVLP", "MaPLe", "RESTORE"} <= b2n

@@ -61,10 +61,12 @@ def test_vectorized_and_loop_paths_agree(coop_setup):
     tasks = sample_tasks(data.pool, np.random.default_rng(1), 3)
     a = meta_gradients(theta, phi, meta_batch(tasks, data.bank, True), loss, cfg.meta)
     b = meta_gradients(theta, phi, meta_batch(tasks, data.bank, False), loss, dataclasses.replace(cfg.meta, vectorize=False))
-    for k in a.theta:
-        torch.testing.assert_close(a.theta[k], b.theta[k], rtol=1e-3, atol=1e-5)  # fp32, second order
-    for k in a.phi:
-        torch.testing.assert_close(a.phi[k], b.phi[k], rtol=1e-3, atol=1e-5)
+    # fp32 through a second-order graph summed in another order: elements near 0 differ by rounding at the
+    # scale of the tensor's largest entries, so the absolute tolerance is relative to that scale
+    for grads_a, grads_b in ((a.theta, b.theta), (a.phi, b.phi)):
+        for k in grads_a:
+            scale = float(grads_a[k].abs().max())
+            torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-3, atol=max(1e-5, 1e-3 * scale))
 
 
 def test_coop_gram_smoke_run_writes_everything(smoke, coop_setup, tmp_path):
@@ -206,7 +208,9 @@ def test_params_yaml_variants():
     assert meta_train_config("mini", "unigram").learner == "joint"
     assert meta_train_config("mini", "unigram_no_regulator").learner == "joint"
     assert meta_train_config("mini", "unigram_tokens_8").learner_cfg == {"n_ctx": 4, "n_vis": 4}
-    assert meta_train_config("mini", "coop_tokens_6").learner_cfg == {"n_ctx": 6, "ctx_init": None}
+    assert meta_train_config("mini", "coop_tokens_6").learner_cfg == {"n_ctx": 6}
+    assert meta_train_config("mini", "coop_tokens_6").learner_options() == {"n_ctx": 6, "ctx_init": None}  # Algorithm 1
+    assert meta_train_config("mini", "coop_gram").learner_options() == {"n_ctx": 4, "ctx_init": None}  # = Table 7's 4 tokens
     # a profile's own settings for one variant come last: the mini image-side runs are cheaper
     assert meta_train_config("mini", "unigram").steps == 150 and meta_train_config("paper", "unigram").steps == 400
     assert meta_train_config("mini", "unigram").meta.meta_batch == 2
