@@ -60,7 +60,20 @@ class BackboneConfig:
     warmup: int = 50
     seed: int = 0
     threads: int = 2
-    precision: str = "fp32"
+    # where every model of the profile runs: auto = CUDA when present, else CPU; or cpu / cuda / cuda:N
+    device: str = "auto"
+    # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 (bf16 autocast is CUDA-only in tuning)
+    precision: str = "auto"
+    # a local weights file (.pt / .bin / .safetensors) instead of the Hugging Face cache route of `pretrained`
+    checkpoint: str | None = None
+    # None: what open_clip's pretrained config says for (arch, pretrained) (True for OpenAI's CLIP)
+    quick_gelu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"backbone.precision: expected auto, fp32 or bf16, got {self.precision!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"backbone.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)

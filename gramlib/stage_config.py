@@ -65,7 +65,8 @@ def world_probe(profile: Profile, params: dict) -> dict:
 
     cfg = probe_config(profile.name, params)
     return {"probe": _asdict(cfg), "datasets": list(cfg.datasets or profile.datasets),
-            "coop_train": suite_config(profile.name, params).train.get("coop", {})}
+            "coop_train": suite_config(profile.name, params).train.get("coop", {}),
+            "augment": suite_config(profile.name, params).augment}
 
 
 def tables(profile: Profile, params: dict) -> dict:
@@ -87,7 +88,7 @@ def experiment(name: str) -> Callable[[Profile, dict], dict]:
         learners = {spec["learner"] for spec in methods.values() if spec["learner"]}
         learners |= {_meta_learner(profile, spec["meta"], params) for spec in methods.values() if spec["meta"]}
         return {"experiment": _asdict(exp), "methods": methods,
-                "train": {k: v for k, v in sorted(cfg.train.items()) if k in learners},
+                "train": {k: v for k, v in sorted(cfg.train.items()) if k in learners}, "augment": cfg.augment,
                 "datasets": list(profile.datasets), "source": profile.source, "variants": list(profile.variants)}
 
     return resolve

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gramlib.config import load_params
 from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
@@ -76,11 +77,46 @@ def test_train_split_scores_the_k_shot_training_images(smoke, tmp_path, params):
     (lambda p: p["suite"]["methods"].update(Bad={"learner": "coop", "lr": 1}), "suite.methods.Bad: unknown key 'lr'"),
     (lambda p: p["suite"]["experiments"]["overfit"].update(protocol="sideways"), "protocol must be"),
     (lambda p: p["suite"]["experiments"]["transfer4"].update(train_split=True), "train_split"),
+    (lambda p: p["suite"].update(augment="crop"), "suite.augment"),
 ])
 def test_bad_configuration_is_a_clear_error(params, mutate, message):
     mutate(params)
     with pytest.raises(ValueError, match=message):
         suite_config("paper", params)  # no profile overrides hide the base settings
+
+
+def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_path, params, monkeypatch):
+    """CoCoOp's augmentation is the default training input (issue 14): the suite's runs and the world
+    probe's CoOp receive suite.augment as their policy, and the augmented feature views are distinct."""
+    from gramlib.experiments import protocols, world_probe
+    from gramlib.tuning.inputs import view_bank
+
+    assert suite_config("mini", params).augment == "aug:10" == suite_config("paper", params).augment
+    seen = []
+    real = protocols.run_unit
+
+    def spy(*a, **kw):
+        seen.append(kw.get("policy", "none"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(protocols, "run_unit", spy)  # the suite and the probe import it at call time
+    cfg = dataclasses.replace(suite_config("smoke", params), augment="aug:3")
+    exp = Experiment("aug", "base2new", 1, ("CoOp", "VPT"), (1,), epochs=2, datasets=(smoke.datasets[1],))
+    run_experiment(smoke, dataclasses.replace(cfg, experiments={"aug": exp}), "aug", tmp_path / "a.csv",
+                   workers=1, progress=None)
+    assert seen == ["aug:3", "aug:3"]
+    seen.clear()
+    params["suite"]["augment"] = "aug:2"
+    params.setdefault("profiles", {}).setdefault("smoke", {}).setdefault("probe", {}).update(
+        {"datasets": [smoke.datasets[1]], "seeds": [1], "short_epochs": 2, "long_epochs": 3, "shots": 1})
+    world_probe.run_probe(smoke, world_probe.probe_config("smoke", params), tmp_path / "probe.json", params=params)
+    assert seen and all(p == "aug:2" for p in seen if p != "none") and seen.count("aug:2") == 2  # CoOp short + long
+    # the views differ from each other and from the eval transform's
+    env = protocols.load_env(smoke, feature_cache=tmp_path / "features")
+    data = protocols.fewshot_dataset(env, smoke.datasets[1], 2, 1).train
+    aug = view_bank(env.backbone, data, "aug:3", cache_dir=env.feature_cache, seed=1).views
+    plain = view_bank(env.backbone, data, "none", cache_dir=env.feature_cache).views
+    assert aug.shape[0] == 3 and not torch.allclose(aug[0], aug[1]) and not torch.allclose(aug[0], plain[0])
 
 
 def test_units_and_transfer_labels(smoke):

@@ -62,10 +62,10 @@ class TinyCLIPConfig:
 
 def register_config(cfg: TinyCLIPConfig) -> str:
     """Register ``cfg`` with open_clip under ``cfg.name``; returns the name."""
-    tmp = Path(tempfile.mkdtemp(prefix="tiny_openclip_"))
-    path = tmp / f"{cfg.name}.json"
-    path.write_text(json.dumps(cfg.to_open_clip()))
-    open_clip.factory.add_model_config(path)
+    with tempfile.TemporaryDirectory(prefix="tiny_openclip_") as tmp:  # open_clip reads it at once
+        path = Path(tmp) / f"{cfg.name}.json"
+        path.write_text(json.dumps(cfg.to_open_clip()))
+        open_clip.factory.add_model_config(path)
     return cfg.name
 
 

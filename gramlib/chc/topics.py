@@ -65,8 +65,9 @@ def _cuml() -> Any:
     except ImportError as exc:
         raise ImportError(
             "TopicConfig.backend='cuml' needs RAPIDS cuML (cuml.manifold.UMAP, cuml.cluster.HDBSCAN) "
-            "on a CUDA machine; it is not installed here. Install cuML matching your CUDA version "
-            "(see docs.rapids.ai) or use backend='cpu'."
+            "on a CUDA machine; it is not installed here. Install the paper profile's GPU extras "
+            "(pip install -e \".[paper-gpu]\" --extra-index-url=https://pypi.nvidia.com, CUDA 12; other CUDA "
+            "versions: docs.rapids.ai) or set chc.topics.backend: cpu for the profile."
         ) from exc
     return {"UMAP": UMAP, "HDBSCAN": HDBSCAN, "PCA": PCA, "KMeans": KMeans}
 

@@ -55,7 +55,7 @@ def encode_images(backbone: Backbone, images: Sequence, transform: Callable, cac
     from gramlib.data.transforms import load_image
 
     key = {"model": backbone.identity, "transform": repr(transform),
-           "data": identity if identity is not None else data_identity(images)}
+           "data": identity if identity is not None else data_identity(images), **_numerics(backbone)}
     path = cache_file(cache_dir, "image", key) if cache_dir is not None else None
     if path is not None and (hit := _cached(path)) is not None:
         return hit
@@ -63,7 +63,9 @@ def encode_images(backbone: Backbone, images: Sequence, transform: Callable, cac
     feats = []
     for s in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) < batch_size * 4):
         batch = [transform(load_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images[s:s + batch_size]]
-        feats.append(F.normalize(model.encode_image(torch.stack(batch)).float(), dim=-1))
+        with backbone.autocast():
+            z = model.encode_image(torch.stack(batch).to(backbone.device, non_blocking=True))
+        feats.append(F.normalize(z.float(), dim=-1).cpu())
     out = torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
     if path is not None:
         write_npy(path, out.numpy())
@@ -74,19 +76,27 @@ def encode_images(backbone: Backbone, images: Sequence, transform: Callable, cac
 def encode_texts(backbone: Backbone, texts: Sequence[str], cache_dir: str | os.PathLike | None,
                  batch_size: int = 512, desc: str = "text features") -> torch.Tensor:
     """L2-normalised text features (N, D) of raw strings."""
-    key = {"model": backbone.identity, "texts": stable_hash(list(texts), length=32), "n": len(texts)}
+    key = {"model": backbone.identity, "texts": stable_hash(list(texts), length=32), "n": len(texts),
+           **_numerics(backbone)}
     path = cache_file(cache_dir, "text", key) if cache_dir is not None else None
     if path is not None and (hit := _cached(path)) is not None:
         return hit
     model = backbone.model.eval()
     feats = []
     for s in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < batch_size * 4):
-        tokens = backbone.tokenizer(list(texts[s:s + batch_size]))
-        feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        tokens = backbone.tokenizer(list(texts[s:s + batch_size])).to(backbone.device)
+        with backbone.autocast():
+            z = model.encode_text(tokens)
+        feats.append(F.normalize(z.float(), dim=-1).cpu())
     out = torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
     if path is not None:
         write_npy(path, out.numpy())
     return out
+
+
+def _numerics(backbone: Backbone) -> dict:
+    """bf16 features differ from fp32 ones: the precision is part of the cache key (fp32 keys unchanged)."""
+    return {"precision": backbone.precision} if backbone.precision != "fp32" else {}
 
 
 def eval_transform(backbone: Backbone) -> Callable:

@@ -215,15 +215,21 @@ def backbone_dir(profile: Profile) -> Path:
     return profile.artifacts / "backbone"
 
 
-def load_profile_backbone(profile: Profile, device: str = "cpu"):
-    """The profile's frozen CLIP: its pre-trained checkpoint for tiny archs, else the named weights."""
+def load_profile_backbone(profile: Profile, device: str | None = None, precision: str | None = None):
+    """The profile's frozen CLIP: its pre-trained checkpoint for tiny archs, else the named weights.
+
+    Every model load site goes through here, so the profile's ``backbone.device`` / ``precision``
+    (``auto``: CUDA + bf16 when a GPU is present) reach all of them; the arguments override them.
+    """
     from gramlib.clip.factory import TINY_ARCHS, build_backbone
 
     ckpt = backbone_dir(profile) / "backbone.safetensors"
-    if profile.backbone.arch in TINY_ARCHS and not ckpt.exists():
-        raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of profile "
-                                f"{profile.name!r} first (gramlib pretrain --profile {profile.name})")
-    return build_backbone(profile.backbone, ckpt if ckpt.exists() else None, device=device)
+    if profile.backbone.arch in TINY_ARCHS:
+        if not ckpt.exists():
+            raise FileNotFoundError(f"backbone checkpoint {ckpt} missing: run the backbone stage of profile "
+                                    f"{profile.name!r} first (gramlib pretrain --profile {profile.name})")
+        return build_backbone(profile.backbone, ckpt, device=device, precision=precision)
+    return build_backbone(profile.backbone, device=device, precision=precision)
 
 
 def pretrain_or_describe(profile: Profile) -> dict:
@@ -233,7 +239,13 @@ def pretrain_or_describe(profile: Profile) -> dict:
     out = backbone_dir(profile)
     if profile.backbone.arch in TINY_ARCHS:
         return pretrain(profile, out)
+    # real weights: find them (no network, fails at once naming both routes) and record what they are
+    from gramlib.clip.factory import resolve_weights, uses_quick_gelu, weights_identity
+
+    weights = resolve_weights(profile.backbone)
     summary = {"arch": profile.backbone.arch, "pretrained": profile.backbone.pretrained, "seconds": 0.0,
-               "final_loss": None, "config": asdict(profile.backbone)}
+               "final_loss": None, "weights": str(weights) if weights else None,
+               "quick_gelu": uses_quick_gelu(profile.backbone),
+               "identity": weights_identity(profile.backbone, weights), "config": asdict(profile.backbone)}
     write_json(out / "backbone.json", summary)
     return summary

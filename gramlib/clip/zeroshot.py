@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,35 +14,56 @@ from gramlib.clip.factory import Backbone
 from gramlib.clip.features import encode_images, encode_texts, eval_transform
 from gramlib.data.coop import CoopDataset, load_dataset
 
-# CoOp's CUSTOM_TEMPLATES for the paper profile's datasets (keys: our registry names, lower case).
+log = logging.getLogger(__name__)
+
+# CoOp's CUSTOM_TEMPLATES for the paper profile's datasets, keyed by CoOp's own dataset names (the
+# registry's, gramlib.data.coop.COOP_DATASETS); look them up with :func:`template_for`, which also
+# accepts the params names (oxford_pets, dtd, ...).
 COOP_TEMPLATES: dict[str, str] = {
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
-    "dtd": "{} texture.",
-    "eurosat": "a centered satellite photo of {}.",
-    "stanford_cars": "a photo of a {}.",
-    "food101": "a photo of {}, a type of food.",
-    "sun397": "a photo of a {}.",
-    "caltech101": "a photo of a {}.",
-    "ucf101": "a photo of a person doing {}.",
-    "imagenet": "a photo of a {}.",
-    "imagenetv2": "a photo of a {}.",
-    "imagenet_sketch": "a photo of a {}.",
-    "imagenet_a": "a photo of a {}.",
-    "imagenet_r": "a photo of a {}.",
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
 }
 GENERIC_TEMPLATE = "a photo of a {}."
 
 
 def dataset_templates(data_root: str | os.PathLike) -> dict[str, str]:
-    """Templates of the profile's datasets: the world manifest's (mini) or CoOp's (paper)."""
+    """Templates of the profile's datasets: the world manifest's (``<data_root>/world.json``, mini)
+    or CoOp's (paper). ``data_root`` is the profile's root, not its ``coop/`` folder."""
     from gramlib.io import read_json
 
     manifest = Path(data_root) / "world.json"
     if manifest.exists():
         return {name: d["template"] for name, d in read_json(manifest)["datasets"].items()}
     return dict(COOP_TEMPLATES)
+
+
+def template_for(templates: dict[str, str], dataset: str) -> str:
+    """The hand-crafted template of ``dataset``, whichever of its names is used (params name such as
+    ``oxford_pets`` or CoOp's ``OxfordPets``); the generic one only for a dataset nobody wrote one for."""
+    if dataset in templates:
+        return templates[dataset]
+    from gramlib.data.coop import get_spec
+
+    spec = get_spec(dataset)
+    if spec is not None:
+        for name, template in templates.items():
+            if get_spec(name) == spec:
+                return template
+    log.warning("no hand-crafted template for dataset %r: using %r", dataset, GENERIC_TEMPLATE)
+    return GENERIC_TEMPLATE
 
 
 def class_text_features(backbone: Backbone, classnames: list[str], template: str, cache_dir) -> torch.Tensor:
@@ -86,7 +108,7 @@ def zero_shot_table(backbone: Backbone, coop_root: str | os.PathLike, names: lis
     rows = []
     for name in names:
         ds = load_dataset(coop_root, name)
-        res = zero_shot(backbone, ds, templates.get(name, GENERIC_TEMPLATE), cache_dir)
+        res = zero_shot(backbone, ds, template_for(templates, name), cache_dir)
         correct = (res.predictions == res.labels)
         groups = {"all": torch.ones_like(correct)}
         for style in sorted({s for s in res.styles if s}):

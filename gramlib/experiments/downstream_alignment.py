@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
+from gramlib.clip.zeroshot import template_for
 from gramlib.config import Profile
 from gramlib.experiments.protocols import Env, load_env, make_learner, unit_data
 from gramlib.gram.meta_train import EFFECT_NAME
@@ -60,7 +61,7 @@ def downstream_rows(env: Env, run_dir: str | os.PathLike, datasets: Sequence[str
         for seed in seeds:
             train_set, targets = unit_data(env, "base2new", dataset, shots, seed)
             base = targets[0]
-            learner = make_learner(env, res.cfg.learner, env.templates.get(dataset, ""), res.cfg.learner_options())
+            learner = make_learner(env, res.cfg.learner, template_for(env.templates, dataset), res.cfg.learner_options())
             tr = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, cache_dir=env.feature_cache)
             te = eval_inputs(learner, env.backbone, base.data, base.classnames, cache_dir=env.feature_cache)
             loss = batch_loss(learner, tr)  # same class names (the base classes) on both sides

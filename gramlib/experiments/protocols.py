@@ -16,6 +16,7 @@ The experiments of the tables run through :mod:`gramlib.experiments.suite` (``gr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,8 +35,9 @@ from gramlib.tuning.inputs import eval_inputs, train_inputs
 from gramlib.io import atomic_path
 from gramlib.learners import LEARNERS, build_learner
 from gramlib.prompts import PromptLearner
+from gramlib.prompts.zeroshot import TemplateText
 from gramlib.tuning.train import GradTransform, TrainConfig, evaluate, train_prompt
-from gramlib.clip.zeroshot import GENERIC_TEMPLATE, dataset_templates
+from gramlib.clip.zeroshot import dataset_templates, template_for
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def load_env(profile: Profile, feature_cache: str | os.PathLike | None = None) -
     backbone = load_profile_backbone(profile)
     g = git_commit()
     commit = str(g["commit"]) + ("-dirty" if g.get("dirty") else "")
-    return Env(profile, backbone, dataset_templates(profile.root / profile.coop_dir),
+    return Env(profile, backbone, dataset_templates(profile.root),
                Path(feature_cache) if feature_cache else REPO / "cache" / "features",
                profile.artifacts / "fewshot", commit)
 
@@ -103,7 +105,22 @@ def check_classnames(learner: PromptLearner, classnames: Sequence[str], dataset:
 
 
 def _template(env: Env, dataset: str) -> str:
-    return env.templates.get(dataset, GENERIC_TEMPLATE)
+    return template_for(env.templates, dataset)
+
+
+@contextlib.contextmanager
+def _template_of(learner: PromptLearner, template: str | None):
+    """A template learner (zero-shot, VPT) evaluated on a dataset speaks that dataset's template
+    (CoOp's convention, also for every transfer target); other learners have no template."""
+    if template is None or not isinstance(learner, TemplateText):
+        yield
+        return
+    old = learner.template
+    learner.template = template
+    try:
+        yield
+    finally:
+        learner.template = old
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,6 +135,7 @@ class Target:
     split: str
     data: list
     classnames: list[str]
+    template: str | None = None  # its hand-crafted template (template learners evaluate with it)
 
 
 def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_set: CoopDataset | None,
@@ -144,15 +162,18 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         learner.load_prompt_params({k: v.to(learner.device) for k, v in theta_init.items()})
     for t in targets:
         check_classnames(learner, t.classnames, t.dataset)
-    evals = {(t.dataset, t.split): eval_inputs(learner, env.backbone, t.data, t.classnames,
-                                               cache_dir=env.feature_cache) for t in targets}
+    evals = {}
+    for t in targets:
+        with _template_of(learner, t.template if t.template is not None else _template(env, t.dataset)):
+            evals[(t.dataset, t.split)] = eval_inputs(learner, env.backbone, t.data, t.classnames,
+                                                      cache_dir=env.feature_cache)
     base = {"protocol": protocol, "method": method, "seed": seed, "shots": shots,
             "profile": env.profile.name, "git_commit": env.commit}
 
     def rows_at(theta: dict, epoch: int, runtime: float) -> list[dict[str, Any]]:
         out = []
         for (ds, split), data in evals.items():
-            acc = evaluate(learner, theta, data)
+            acc = evaluate(learner, theta, data, precision=env.backbone.precision)
             out.append({**base, "dataset": ds, "epoch": epoch, "split": split, "accuracy": 100.0 * acc,
                         "n_test": len(data), "runtime_s": runtime})
         return out
@@ -168,7 +189,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         return rows
 
     check_classnames(learner, train_set.classnames, train_set.name)
-    cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **(train or {}))
+    cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **{"precision": env.backbone.precision, **(train or {})})
     data = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, policy,
                         cache_dir=env.feature_cache, seed=seed)
     rows: list[dict[str, Any]] = []

@@ -102,6 +102,17 @@ class SuiteConfig:
     train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-learner TrainConfig overrides of this profile
     workers: int = 2
     tables: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table6/table7: rows in paper order
+    # training inputs of every tuning run: "aug:N" = CoCoOp's random resized crop + flip as N views drawn
+    # once (image features cached on disk), one view per image per epoch; "none" = the eval transform
+    augment: str = "aug:10"
+
+    def __post_init__(self) -> None:
+        from gramlib.tuning.inputs import parse_policy
+
+        try:
+            parse_policy(self.augment)
+        except ValueError as exc:
+            raise ValueError(f"suite.augment: {exc}") from None
 
     def experiment(self, name: str) -> Experiment:
         if name not in self.experiments:

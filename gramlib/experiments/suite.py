@@ -169,7 +169,7 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     rows = run_unit(env, unit.protocol, unit.method, unit.seed, unit.shots,
                     None if learner == "zeroshot" else train_set, targets, hook,
                     learner_name=learner, learner_opts=opts, theta_init=theta0, init_seed=spec.init_seed,
-                    train=train, on_final=on_final)
+                    train=train, policy=cfg.augment, on_final=on_final)
     return (label_transfer(rows, prof) if unit.protocol == "transfer" else rows), shifts
 
 
@@ -445,7 +445,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
              "results": str(path.relative_to(prof.artifacts.parent.parent)) if path.is_relative_to(prof.artifacts.parent.parent) else str(path),
              "result_commits": commits, "commit": g["commit"], "dirty": g["dirty"],
              "runtime_s": round(unit_runtime(rows), 1), "machines": read_machines(path),
-             "suite_params": {"train": cfg.train, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
+             "suite_params": {"train": cfg.train, "augment": cfg.augment, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
     return rows, stamp
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",

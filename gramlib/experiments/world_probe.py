@@ -61,16 +61,18 @@ def shot_overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
-def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train: dict[str, Any]) -> dict[str, float]:
+def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train: dict[str, Any],
+              policy: str = "none") -> dict[str, float]:
     from gramlib.experiments.protocols import run_unit, unit_data
 
     train_set, targets = unit_data(env, "base2new", dataset, shots, seed, train_split=True)
     rows = run_unit(env, "base2new", "CoOp", seed, shots, train_set, targets, learner_name="coop",
-                    train={**train, "epochs": epochs, "eval_every": epochs})
+                    train={**train, "epochs": epochs, "eval_every": epochs}, policy=policy)
     return {r["split"]: r["accuracy"] for r in rows if r["epoch"] == epochs}
 
 
-def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: dict[str, Any]) -> dict[str, Any]:
+def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: dict[str, Any],
+               policy: str = "none") -> dict[str, Any]:
     """Every measurement of one (dataset, seed): accuracies in percent."""
     from gramlib.experiments.linear_probe import base_class_probe
     from gramlib.experiments.protocols import run_unit, unit_data
@@ -79,8 +81,8 @@ def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: 
     _, targets = unit_data(env, "base2new", dataset, cfg.shots, seed)
     zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None, targets,
                                                         learner_name="zeroshot")}
-    short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train)
-    long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train)
+    short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train, policy)
+    long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy)
     lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
     return {"dataset": dataset, "seed": seed, "zs_base": zs["base"], "zs_new": zs["new"],
             "coop10_base": short["base"], "coop10_new": short["new"], "coop10_train": short["train"],
@@ -135,15 +137,16 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     unknown = sorted(set(datasets) - set(profile.datasets))
     if unknown:
         raise ValueError(f"probe.datasets: {unknown} are not datasets of profile {profile.name!r}")
-    coop_train = {k: v for k, v in suite_config(profile.name, params).train.get("coop", {}).items() if k != "epochs"}
-    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train) for d in datasets for s in cfg.seeds])
+    suite = suite_config(profile.name, params)  # CoOp exactly as the tables train it (recipe, augmentation)
+    coop_train = {k: v for k, v in suite.train.get("coop", {}).items() if k != "epochs"}
+    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment) for d in datasets for s in cfg.seeds])
     per, avg = summarise(units, {d: dataset_overlaps(env, d, cfg) for d in datasets})
     out = Path(out_json)
     with atomic_path(out.with_suffix(".csv")) as tmp:
         per.to_csv(tmp, index=False, float_format="%.4f")
     result = {**avg, "bars": bars(avg), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
-              "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg),
+              "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
               "provenance": provenance(profile.name)}
     write_json(out, result)
     return result

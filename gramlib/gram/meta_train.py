@@ -130,7 +130,9 @@ def meta_train(profile: Profile | str, cfg: MetaTrainConfig, out_dir: str | os.P
     start = state.step
     for step in range(state.step, cfg.steps):
         tasks = sample_tasks(data.pool, rng, cfg.meta.meta_batch, classes)  # Alg. 1 line 3
-        state, metrics = meta_step(state, meta_batch(tasks, data.bank, cfg.meta.vectorize), loss_fn, cfg.meta)
+        batch = meta_batch(tasks, data.bank, cfg.meta.vectorize, learner.device)
+        with backbone.autocast():  # bf16 on CUDA where the profile asks for it; a no-op on CPU
+            state, metrics = meta_step(state, batch, loss_fn, cfg.meta)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             rows.append({**metrics, "step": state.step})
         if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
@@ -171,7 +173,7 @@ def measure_heldout(cfg: MetaTrainConfig, data: MetaData, loss_fn: TaskLoss, hel
     stage, from their own seeded stream): per-task rows to ``regulator_effect.csv``, means to the summary."""
     tasks = sample_tasks(data.pool, np.random.default_rng([cfg.seed, 15]), cfg.heldout_tasks, heldout)
     reg = cfg.meta.regulator if cfg.meta.regulate else None
-    per_task = heldout_effect(stages, stages["before"][1], [task_batches(t, data.bank) for t in tasks], loss_fn, reg)
+    per_task = heldout_effect(stages, stages["before"][1], [task_batches(t, data.bank, loss_fn.learner.device) for t in tasks], loss_fn, reg)
     with atomic_path(out / EFFECT_NAME) as tmp:
         per_task.to_csv(tmp, index=False, float_format="%.9g")
     means = per_task.groupby("stage")[["cos_raw", "cos_regulated"]].mean()

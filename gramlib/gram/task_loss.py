@@ -65,16 +65,19 @@ class TaskLoss:
         return F.cross_entropy(self.logits(theta, batch), batch["y"])
 
 
-def task_batches(task: Task, bank: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(support, query) tensor dicts of one task, gathered from the item bank."""
+def task_batches(task: Task, bank: Tensor, device: torch.device | str | None = None
+                 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(support, query) tensor dicts of one task, gathered from the item bank (on CPU) and moved to
+    ``device`` (the learner's): only a task's items ever reach the GPU, never the bank."""
     cls = torch.as_tensor(task.classes, dtype=torch.long)
 
     def part(idx: np.ndarray, y: np.ndarray) -> dict[str, Tensor]:
-        return {"x": bank[torch.as_tensor(idx, dtype=torch.long)], "y": torch.as_tensor(y, dtype=torch.long), "cls": cls}
+        out = {"x": bank[torch.as_tensor(idx, dtype=torch.long)], "y": torch.as_tensor(y, dtype=torch.long), "cls": cls}
+        return {k: v.to(device, non_blocking=True) for k, v in out.items()} if device is not None else out
 
     return part(task.support_idx, task.support_y), part(task.query_idx, task.query_y)
 
 
-def meta_batch(tasks: Sequence[Task], bank: Tensor, vectorize: bool) -> Any:
-    pairs = [task_batches(t, bank) for t in tasks]
+def meta_batch(tasks: Sequence[Task], bank: Tensor, vectorize: bool, device: torch.device | str | None = None) -> Any:
+    pairs = [task_batches(t, bank, device) for t in tasks]
     return stack_tasks(pairs) if vectorize else pairs

@@ -1,0 +1,48 @@
+"""Paper-profile set-up that the mini chain never exercises: DVC can track data/external/paper, the
+mini world's caption strip list does not reach real CC3M, cuML is an optional, documented install."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gramlib.chc.stage import text_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_real_cc3m_captions_keep_their_words():
+    assert list(text_config("paper").strip_phrases) == []
+    assert "a photo of" in text_config("mini").strip_phrases  # the generated world's list stays on mini
+
+
+def test_dvc_add_data_external_paper_works_with_our_gitignore(tmp_path):
+    """README step 1 (`dvc add data/external/paper`) in a fresh repository carrying our .gitignore."""
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    if not Path(dvc).exists():
+        pytest.skip("dvc is not installed")
+    run = lambda *cmd: subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run("git", "init", "-q").returncode == 0
+    shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
+    assert run(dvc, "init", "-q").returncode == 0
+    data = tmp_path / "data" / "external" / "paper" / "coop"
+    data.mkdir(parents=True)
+    (data / "x.txt").write_text("an image")
+    res = run(dvc, "add", "data/external/paper")
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert (tmp_path / "data" / "external" / "paper.dvc").is_file()
+    # the .dvc file is for git, the data is not
+    assert run("git", "check-ignore", "-q", "data/external/paper.dvc").returncode == 1
+    assert run("git", "check-ignore", "-q", "data/external/paper/coop/x.txt").returncode == 0
+
+
+def test_cuml_extra_is_declared_and_documented():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("cuml") for dep in extras["paper-gpu"])
+    assert '.[paper-gpu]' in (REPO / "README.md").read_text()
