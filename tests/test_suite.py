@@ -91,7 +91,8 @@ def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_pa
     from gramlib.experiments import protocols, world_probe
     from gramlib.tuning.inputs import view_bank
 
-    assert suite_config("mini", params).augment == "aug:10" == suite_config("paper", params).augment
+    assert suite_config("paper", params).augment == "aug:10"  # CoCoOp's crops (8-100 % of the area)
+    assert suite_config("mini", params).augment == "aug:10:0.5"  # 32-pixel images: milder crops (params.yaml)
     seen = []
     real = protocols.run_unit
 
@@ -106,7 +107,7 @@ def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_pa
                    workers=1, progress=None)
     assert seen == ["aug:3", "aug:3"]
     seen.clear()
-    params["suite"]["augment"] = "aug:2"
+    params["profiles"]["smoke"]["suite"]["augment"] = "aug:2"
     params.setdefault("profiles", {}).setdefault("smoke", {}).setdefault("probe", {}).update(
         {"datasets": [smoke.datasets[1]], "seeds": [1], "short_epochs": 2, "long_epochs": 3, "shots": 1})
     world_probe.run_probe(smoke, world_probe.probe_config("smoke", params), tmp_path / "probe.json", params=params)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gramlib.tuning.inputs import TrainData, ViewBank, parse_policy
+from gramlib.tuning.inputs import TrainData, ViewBank, parse_policy, policy_scale
 from gramlib.learners import build_learner
 from gramlib.tuning.train import (
     TrainConfig,
@@ -184,10 +184,12 @@ def test_bad_inputs(tiny, images):
     learner = build_learner("zeroshot", *tiny)
     with pytest.raises(ValueError, match="no prompt parameters"):
         train_prompt(learner, _pixel_data(learner, images), CFG)
-    for bad in ("aug", "aug:0", "augment:3", "", 3):
+    for bad in ("aug", "aug:0", "augment:3", "", 3, "aug:3:0", "aug:3:0.0", "aug:3:1.5", "aug:3:"):
         with pytest.raises(ValueError, match="augmentation policy"):
             parse_policy(bad)
-    assert parse_policy("none") == 0 and parse_policy("aug:5") == 5
+    assert parse_policy("none") == 0 and parse_policy("aug:5") == 5 and parse_policy("aug:5:0.5") == 5
+    assert policy_scale("aug:5") == (0.08, 1.0) and policy_scale("aug:5:0.5") == (0.5, 1.0)  # CoCoOp's 0.08
+    assert policy_scale("aug:2:1") == (1.0, 1.0)
     with pytest.raises(ValueError, match="views must be"):
         ViewBank(torch.zeros(1, 3, 8), torch.zeros(4, dtype=torch.long), is_features=True)
 

@@ -35,15 +35,28 @@ from gramlib.data.coop import Datum
 from gramlib.data.transforms import load_image, make_transform
 from gramlib.prompts.base import PromptLearner
 
-_POLICY = re.compile(r"^(none|aug:(\d+))$")
+_POLICY = re.compile(r"^(none|aug:(\d+)(?::(0?\.\d+|1(?:\.0*)?))?)$")
+MIN_SCALE = 0.08  # CoCoOp's (Dassl's) random resized crop keeps 8-100 % of the image area
 
 
 def parse_policy(policy: str) -> int:
-    """Number of pre-extracted augmented views: ``"none"`` -> 0, ``"aug:N"`` -> N (N >= 1)."""
+    """Number of pre-extracted augmented views: ``"none"`` -> 0, ``"aug:N"`` or ``"aug:N:s"`` -> N (N >= 1)."""
+    return _policy(policy)[0]
+
+
+def policy_scale(policy: str) -> tuple[float, float]:
+    """The random resized crop's area range of ``"aug:N:s"``: (s, 1); CoCoOp's (0.08, 1) without ``s``."""
+    return (_policy(policy)[1], 1.0)
+
+
+def _policy(policy: str) -> tuple[int, float]:
     m = _POLICY.match(policy.strip()) if isinstance(policy, str) else None
-    if m is None or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise ValueError(f"augmentation policy must be 'none' or 'aug:N' with N >= 1, got {policy!r}")
-    return 0 if m.group(2) is None else int(m.group(2))
+    if m is None or (m.group(2) is not None and int(m.group(2)) < 1) or (m.group(3) is not None and float(m.group(3)) <= 0):
+        raise ValueError(f"augmentation policy must be 'none', 'aug:N' or 'aug:N:s' (N >= 1 views, crops of "
+                         f"s..1 of the area, 0 < s <= 1; default s = {MIN_SCALE}), got {policy!r}")
+    if m.group(2) is None:
+        return 0, MIN_SCALE
+    return int(m.group(2)), float(m.group(3)) if m.group(3) is not None else MIN_SCALE
 
 
 @dataclass
@@ -96,10 +109,11 @@ class TrainData:
         return len(self.bank)
 
 
-def _view_transforms(backbone: Backbone, n_aug: int) -> list:
+def _view_transforms(backbone: Backbone, n_aug: int, scale: tuple[float, float] = (MIN_SCALE, 1.0)) -> list:
     if n_aug == 0:
         return [eval_transform(backbone)]
-    return [make_transform(backbone.image_size, backbone.mean, backbone.std, train=True) for _ in range(n_aug)]
+    return [make_transform(backbone.image_size, backbone.mean, backbone.std, train=True, scale=scale)
+            for _ in range(n_aug)]
 
 
 def _pixels(paths: Sequence[Path], transform) -> Tensor:
@@ -118,7 +132,7 @@ def view_bank(backbone: Backbone, data: Sequence[Datum], policy: str = "none", *
     paths = [Path(d.impath) for d in data]
     labels = torch.tensor([d.label for d in data], dtype=torch.long)
     views = []
-    for v, tf in enumerate(_view_transforms(backbone, n_aug)):
+    for v, tf in enumerate(_view_transforms(backbone, n_aug, policy_scale(policy))):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed * 1000 + v)
             if features:
@@ -164,4 +178,4 @@ def _check_labels(data: Sequence[Datum], classnames: Sequence[str]) -> None:
                          "(base/new relabelling not applied?)")
 
 
-__all__ = ["TrainData", "ViewBank", "class_text_bank", "eval_inputs", "parse_policy", "train_inputs", "view_bank"]
+__all__ = ["TrainData", "ViewBank", "class_text_bank", "eval_inputs", "parse_policy", "policy_scale", "train_inputs", "view_bank"]
