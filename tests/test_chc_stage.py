@@ -162,3 +162,24 @@ def test_no_readable_pair_raises(tmp_path):
         load_corpus(tmp_path / "cc3m")
     with pytest.raises(FileNotFoundError, match="shard not found"):
         load_corpus(tmp_path / "nothing")
+
+
+def test_learned_clean_up_strips_boilerplate_not_concept_names(stage):
+    """The smoke profile learns its caption clean-up from a first clustering (issue 14): what it strips
+    is the world's style and filler vocabulary, never a word of a concept's names."""
+    import json
+
+    from gramlib.world.build import world_spec
+
+    text = json.loads((stage.out_dir / "text_config.json").read_text())
+    learned = text["learned_stop_phrases"]
+    assert text["learn_topic_fraction"] > 0 and learned and stage.metrics["n_learned_stop_phrases"] == len(learned)
+    spec = world_spec(stage.profile.world)
+    concept_words = {w for c in spec.concepts.values() for s in c.synonyms for w in s.split()}
+    boiler_words = {w for ps in spec.style_phrases.values() for p in ps for w in p.split()}
+    boiler_words |= {w for p in (*spec.captions.generic_phrases, *spec.captions.contexts) for w in p.split()}
+    single = [p for p in learned if len(p.split()) == 1]
+    assert single and not set(single) & (concept_words - boiler_words)
+    # the clustered captions are the cleaned ones; the raw caption is kept beside them
+    kept = stage.pairs[stage.pairs.kept]
+    assert (kept.caption != kept.raw_caption).mean() > 0.5

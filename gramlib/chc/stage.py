@@ -37,7 +37,7 @@ from gramlib.config import (REPO, Profile, drop_keys, get_profile, load_params, 
 from gramlib.data.corpus import Corpus, corpus_identity, load_corpus
 from gramlib.io import atomic_path, read_json, write_json
 
-from .captions import TextConfig, clean_captions
+from .captions import TextConfig, clean_captions, learn_stop_phrases
 from .evaluation import REPORT_KEYS, chc_metrics, load_truth
 from .pipeline import CHCConfig, CHCResult, run_chc
 from .topics import min_pairs_needed
@@ -136,6 +136,17 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
 
     t, c = time.perf_counter(), time.process_time()
     captions = clean_captions(corpus.captions, text)
+    learned: list[str] = []
+    base = captions
+    for _ in range(text.learn_rounds if text.learns else 0):
+        # a clustering tells boilerplate (in most topics) from topic words (in few)
+        first = run_chc(captions, img, txt, dataclasses.replace(cfg, plot_coords="none"), cache / "chc" / prof.name,
+                        keys=corpus.keys, encoder=encoder)
+        topic_of = first.pairs.topic_id.where(first.pairs.kept, -1).to_numpy()
+        new = [p for p in learn_stop_phrases(captions, topic_of, text) if p not in learned]
+        learned = sorted([*learned, *new], key=lambda p: (-len(p.split()), p))
+        captions = clean_captions(base, TextConfig(strip_phrases=learned))
+        timings["chc_learn_passes"] = time.perf_counter() - t
     res = run_chc(captions, img, txt, cfg, cache / "chc" / prof.name, keys=corpus.keys, encoder=encoder)
     res.pairs.insert(2, "raw_caption", corpus.captions)
     timings["chc"] = time.perf_counter() - t
@@ -148,13 +159,14 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
     if truth is not None:
         metrics = chc_metrics(res.pairs, res.topic_words, truth, synonyms)
     metrics["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+    metrics["n_learned_stop_phrases"] = len(learned)
 
     tw = res.topic_words.assign(bertopic_words=res.topic_words.bertopic_words.map(" ".join))
     _write_parquet(res.pairs, out / "pairs.parquet")
     with atomic_path(out / "topic_words.csv") as tmp:
         tw.to_csv(tmp, index=False)
     write_json(out / "config.json", dataclasses.asdict(cfg))
-    write_json(out / "text_config.json", dataclasses.asdict(text))
+    write_json(out / "text_config.json", {**dataclasses.asdict(text), "learned_stop_phrases": learned})
     write_json(out / "metrics.json", metrics)
     write_json(out / "read_stats.json", corpus.read_stats)
     log.info("CHC stage %s: %s", prof.name, {k: v for k, v in metrics.items() if k in REPORT_KEYS})
