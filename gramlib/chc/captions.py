@@ -76,6 +76,7 @@ def learn_stop_phrases(captions: Sequence[str], topics: Sequence[int], cfg: Text
     in nearly every topic. Only a clustering tells the two apart; a corpus-wide frequency cannot (a
     concept name of a large topic is as frequent as a filler). Outlier captions (topic -1) are ignored.
     """
+    from scipy import sparse
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
 
     topics = np.asarray(topics)
@@ -89,13 +90,14 @@ def learn_stop_phrases(captions: Sequence[str], topics: Sequence[int], cfg: Text
                           binary=True)
     x = vec.fit_transform([c for c, k in zip(captions, keep) if k]).tocsc()
     t = topics[keep]
-    # share of each topic's captions containing each phrase: (topics, phrases)
-    onehot = np.zeros((len(ids), len(t)), dtype=np.float32)
-    onehot[np.searchsorted(ids, t), np.arange(len(t))] = 1.0
-    share = (x.T @ onehot.T).T / onehot.sum(axis=1, keepdims=True)
-    share = np.asarray(share)
-    coverage = (share >= cfg.learn_min_share).mean(axis=0)
-    peak = share.max(axis=0)
+    # share of each topic's captions containing each phrase, (topics, phrases), sparse: a CC3M-sized
+    # corpus has millions of captions and phrases
+    rows = np.searchsorted(ids, t)
+    onehot = sparse.csr_matrix((np.ones(len(t), dtype=np.float32), (rows, np.arange(len(t)))), shape=(len(ids), len(t)))
+    sizes = np.bincount(rows, minlength=len(ids)).astype(np.float64)
+    share = sparse.diags(1.0 / sizes) @ (onehot @ x).tocsr()
+    coverage = np.asarray((share >= cfg.learn_min_share).sum(axis=0)).ravel() / len(ids)
+    peak = share.max(axis=0).toarray().ravel()
     names = vec.get_feature_names_out()
     out = []
     for name, cov, top in zip(names, coverage, peak):
