@@ -64,9 +64,9 @@ def world_probe(profile: Profile, params: dict) -> dict:
     from gramlib.experiments.world_probe import probe_config
 
     cfg = probe_config(profile.name, params)
+    suite = suite_config(profile.name, params)
     return {"probe": _asdict(cfg), "datasets": list(cfg.datasets or profile.datasets),
-            "coop_train": suite_config(profile.name, params).train.get("coop", {}),
-            "augment": suite_config(profile.name, params).augment}
+            "coop_train": suite.train.get("coop", {}), "augment": suite.augment}
 
 
 def tables(profile: Profile, params: dict) -> dict:

@@ -109,10 +109,10 @@ def _template(env: Env, dataset: str) -> str:
 
 
 @contextlib.contextmanager
-def _template_of(learner: PromptLearner, template: str | None):
+def _template_of(learner: PromptLearner, template: str):
     """A template learner (zero-shot, VPT) evaluated on a dataset speaks that dataset's template
     (CoOp's convention, also for every transfer target); other learners have no template."""
-    if template is None or not isinstance(learner, TemplateText):
+    if not isinstance(learner, TemplateText):
         yield
         return
     old = learner.template
@@ -135,7 +135,6 @@ class Target:
     split: str
     data: list
     classnames: list[str]
-    template: str | None = None  # its hand-crafted template (template learners evaluate with it)
 
 
 def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_set: CoopDataset | None,
@@ -164,7 +163,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
         check_classnames(learner, t.classnames, t.dataset)
     evals = {}
     for t in targets:
-        with _template_of(learner, t.template if t.template is not None else _template(env, t.dataset)):
+        with _template_of(learner, _template(env, t.dataset)):
             evals[(t.dataset, t.split)] = eval_inputs(learner, env.backbone, t.data, t.classnames,
                                                       cache_dir=env.feature_cache)
     base = {"protocol": protocol, "method": method, "seed": seed, "shots": shots,
