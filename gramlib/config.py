@@ -60,6 +60,9 @@ class BackboneConfig:
     warmup: int = 50
     seed: int = 0
     threads: int = 2
+    # pre-training crops: each image cropped to a random area in [crop_min_area, 1] (random resized
+    # crop, as CLIP's features are robust to the crops tuning applies); 1 = a shift of up to 2 pixels only
+    crop_min_area: float = 1.0
     # where every model of the profile runs: auto = CUDA when present, else CPU; or cpu / cuda / cuda:N
     device: str = "auto"
     # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 (bf16 autocast is CUDA-only in tuning)
@@ -70,6 +73,8 @@ class BackboneConfig:
     quick_gelu: bool | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.crop_min_area <= 1:
+            raise ValueError(f"backbone.crop_min_area: expected a fraction in (0, 1], got {self.crop_min_area!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"backbone.precision: expected auto, fp32 or bf16, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -132,3 +132,21 @@ def test_zero_shot_table_on_the_smoke_world(smoke):
     assert overall.loc[smoke.source, "accuracy"] > 1.5 * overall.loc[smoke.source, "chance"]
     per_style = zs[(zs["dataset"] == smoke.variants[1]) & (zs["style"] != "all")]
     assert per_style["n_test"].sum() == overall.loc[smoke.variants[1], "n_test"]
+
+
+def test_random_resized_crop_keeps_an_area_in_range_and_is_seeded():
+    from gramlib.clip.pretrain import random_resized_crop
+
+    # a ramp image (value = column index): a crop's first row runs linearly over the crop's columns,
+    # so its span (last - first value) measures the crop's width in pixels
+    x = torch.arange(32.0).repeat(32, 1)[None, None].repeat(64, 3, 1, 1)
+    y = random_resized_crop(x, torch.Generator().manual_seed(0), 0.5)
+    assert y.shape == x.shape
+    width = (y[:, 0, 0, -1] - y[:, 0, 0, 0]) * 32 / 31 / 32  # fraction of the image's width
+    lo = (0.5 * 3 / 4) ** 0.5  # smallest width: least area, narrowest aspect
+    assert width.min() >= lo - 0.05 and width.max() <= 1.0 + 1e-4
+    assert width.std() > 0.02  # crops differ between images
+    z = random_resized_crop(x, torch.Generator().manual_seed(0), 0.5)
+    assert torch.equal(y, z)
+    with pytest.raises(ValueError, match="crop_min_area"):
+        BackboneConfig(crop_min_area=0.0)

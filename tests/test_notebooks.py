@@ -92,6 +92,13 @@ def test_transfer_tables_notebook_and_its_function(tmp_path, monkeypatch):
                                              "shots": shots[name]}
 
     monkeypatch.setattr(suite, "experiment_rows", fake_rows)
+    names_read = []
+
+    def fake_classnames(prof, names):  # the source shares "star" with its first target only
+        names_read.append(list(names))
+        return {n: ["star", f"{n} a"] for n in names}
+
+    monkeypatch.setattr(T, "dataset_classnames", fake_classnames)
     prof = get_profile("smoke")
     for key, spec in T.TRANSFER_TABLES.items():
         rep = T.transfer_report(key, prof, tmp_path)
@@ -105,7 +112,13 @@ def test_transfer_tables_notebook_and_its_function(tmp_path, monkeypatch):
         md = (tmp_path / "tables" / f"{spec.stem}.md").read_text()
         assert f"The paper's Table {spec.number}" in md and "| CoOp+GRAM |" in md
         prov = json.loads((tmp_path / "tables" / f"{spec.stem}.provenance.json").read_text())
-        assert set(prov) == {"profile", "experiment", "seeds", "shots", "title", "headline", "notebook"}
+        keys = {"profile", "experiment", "seeds", "shots", "title", "headline", "notebook"}
+        if spec.view == "cross_dataset":  # the labels each target shares with the source, in the .md too
+            assert set(prov) == keys | {"shared_labels"}
+            assert set(prov["shared_labels"]) == set(rep.shared) and all(v == ["star"] for v in rep.shared.values())
+            assert "Class names shared with the source `mini_imagenet`" in md
+        else:
+            assert set(prov) == keys and rep.shared == {}
         assert prov["notebook"] == "notebooks/11_transfer_tables.ipynb"
         assert prov["title"].startswith(f"Table {spec.number}: ") and prov["headline"].startswith("Target average: CLIP")
         assert list(rep.check["where"]) == ["target average", "source"]

@@ -71,3 +71,13 @@ def test_table_intervals_and_direction_check_with_unit_rows():
     assert "agree with the paper" in describe_check(check.reset_index())
     no_rows = direction_check(table, 1, ["new"])
     assert no_rows.iloc[0]["verdict"].startswith("sign only") and "not a test" in describe_check(no_rows)
+
+
+def test_shared_labels_by_hand():
+    from gramlib.reporting.tables import shared_labels, shared_labels_markdown
+
+    got = shared_labels(["letter a", "Hash_Sign", "tree"], {"t1": ["hash sign", "mug"], "t2": ["kite", "letter  A"],
+                                                          "t3": ["umbrella"]})
+    assert got == {"t1": ["hash sign"], "t2": ["letter  A"], "t3": []}
+    assert "`t1`: 1 (hash sign)" in shared_labels_markdown(got, "src") and "t3" not in shared_labels_markdown(got, "src")
+    assert shared_labels_markdown({"t3": []}, "src").startswith("No target shares a class name with the source `src`")

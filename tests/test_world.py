@@ -22,6 +22,23 @@ def test_spec_is_rich_enough():
     assert len([d for d in spec.datasets.values() if d.role == "target"]) >= 6
 
 
+@pytest.mark.parametrize("concepts_per_family", [None, 4])  # mini, smoke
+def test_cross_dataset_targets_share_no_label_with_the_source(concepts_per_family):
+    """Issue 14: Tables 3/5 test a prompt on labels it was not tuned on; variants keep the source's."""
+    spec = load_spec().subset(concepts_per_family)
+    source = [d for d in spec.datasets.values() if d.role == "source"]
+    assert len(source) == 1
+    src = {spec.concepts[c].classname for c in source[0].concepts}
+    targets = [d for d in spec.datasets.values() if d.role == "target"]
+    assert len(targets) == 6  # every target survives the smoke subset
+    for d in targets:
+        names = {spec.concepts[c].classname for c in d.concepts}
+        assert len(names) >= 2 and not names & src, d.name
+    for d in spec.datasets.values():
+        if d.role == "variant":
+            assert set(d.concepts) == set(source[0].concepts)
+
+
 def test_rendering_is_deterministic_and_styles_differ():
     a, _ = render("star", "photo", np.random.default_rng(3), 32)
     b, _ = render("star", "photo", np.random.default_rng(3), 32)

@@ -64,6 +64,28 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> t
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, min_area: float,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop each image to a random area in [min_area, 1] and aspect ratio, resized back (bilinear).
+
+    The pre-training analogue of the crops few-shot tuning uses (CoCoOp's random resized crop): a CLIP
+    that never saw a crop meets them first in tuning, where crops of a 32-pixel image change the
+    object's scale and hurt the frozen features. One affine grid per batch: no per-image Python loop.
+    """
+    b = x.shape[0]
+    area = min_area + (1 - min_area) * torch.rand(b, generator=generator)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(b, generator=generator)
+    aspect = torch.exp(log_r)
+    sw = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width / image width
+    sh = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (1 - sw) * (2 * torch.rand(b, generator=generator) - 1)  # centre in [-1 + sw, 1 - sw]
+    cy = (1 - sh) * (2 * torch.rand(b, generator=generator) - 1)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def used_context(tokens: torch.Tensor) -> torch.Tensor:
     """The batch's tokens up to its longest caption's end-of-text token (argmax: EOT has the top id)."""
     return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
@@ -167,7 +189,8 @@ def pretrain(profile: Profile, out_dir: str | Path, save_every: int = 200, log_e
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        x = random_shift(normalise_batch(images[idx], CLIP_MEAN, CLIP_STD), gen)
+        x = normalise_batch(images[idx], CLIP_MEAN, CLIP_STD)
+        x = random_shift(x, gen) if cfg.crop_min_area >= 1 else random_resized_crop(x, gen, cfg.crop_min_area)
         loss = clip_loss(model.encode_image(x), encode_text_used(model, tokens[idx]), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -358,6 +358,39 @@ class TransferReport:
     headline: str  # "Target average: <method> <mean>, ..."
     title: str  # "Table <N>: <view> generalisation (<shots> shots)"
     paths: dict[str, Path] = field(default_factory=dict)  # what was written (empty when not written)
+    shared: dict[str, list[str]] = field(default_factory=dict)  # target -> class names it shares with the source
+
+
+def shared_labels(source: Sequence[str], targets: dict[str, Sequence[str]]) -> dict[str, list[str]]:
+    """The class names each target shares with the source (case- and ``_``-insensitive), in target order.
+
+    Cross-dataset transfer (Tables 3, 5) measures a prompt on labels it was not tuned on only where
+    these lists are empty; a shared label is a cross-domain test in disguise.
+    """
+    def norm(name: str) -> str:
+        return " ".join(name.replace("_", " ").lower().split())
+
+    src = {norm(c) for c in source}
+    return {t: [c for c in names if norm(c) in src] for t, names in targets.items()}
+
+
+def shared_labels_markdown(shared: dict[str, list[str]], source: str) -> str:
+    """One sentence per table: which targets share labels with ``source`` (or that none does)."""
+    if not shared:
+        return ""
+    hit = {t: names for t, names in shared.items() if names}
+    if not hit:
+        return f"No target shares a class name with the source `{source}` ({len(shared)} targets checked).\n"
+    parts = "; ".join(f"`{t}`: {len(n)} ({', '.join(n[:5])}{', ...' if len(n) > 5 else ''})" for t, n in hit.items())
+    return f"Class names shared with the source `{source}`: {parts}.\n"
+
+
+def dataset_classnames(profile: Any, names: Sequence[str]) -> dict[str, list[str]]:
+    """Each dataset's class names, read from the profile's CoOp data root (no images opened)."""
+    from gramlib.data.coop import load_dataset
+
+    root = profile.root / profile.coop_dir
+    return {n: list(load_dataset(root, n).classnames) for n in names}
 
 
 def transfer_report(key: str, profile: Any, reports_dir: str | Path | None = None, *,
@@ -395,8 +428,16 @@ def transfer_report(key: str, profile: Any, reports_dir: str | Path | None = Non
     avg = table[table["dataset"] == "Average"].set_index("method")["mean"]
     headline = "Target average: " + ", ".join(f"{m} {avg[m]:.2f}" for m in methods if m in avg.index)
     title = f"Table {spec.number}: {spec.title} ({stamp['shots']} shots)"
-    report = TransferReport(key, spec, rows, stamp, methods, table, markdown, check, paper_deltas, headline, title)
+    shared: dict[str, list[str]] = {}
+    if spec.view == "cross_dataset":
+        targets = [d for d in dict.fromkeys(table["dataset"]) if d not in (prof.source, "Average")]
+        names = dataset_classnames(prof, [prof.source, *targets])
+        shared = shared_labels(names[prof.source], {t: names[t] for t in targets})
+    report = TransferReport(key, spec, rows, stamp, methods, table, markdown, check, paper_deltas, headline, title,
+                            shared=shared)
     if reports_dir is not None:
-        report.paths = save_table(table, spec.number, spec.slug, reports_dir, markdown,
-                                  {**stamp, "title": title, "headline": headline, "notebook": notebook})
+        report.paths = save_table(table, spec.number, spec.slug, reports_dir,
+                                  markdown + ("\n" + shared_labels_markdown(shared, prof.source) if shared else ""),
+                                  {**stamp, "title": title, "headline": headline, "notebook": notebook,
+                                   **({"shared_labels": shared} if shared else {})})
     return report
