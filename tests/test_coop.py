@@ -204,11 +204,13 @@ def test_fewshot_cache_reused(tmp_path):
         fewshot_split(ds, 2, 1, cache)
 
 
-def test_too_many_shots_is_refused(tmp_path):
+def test_short_classes_are_kept_whole_with_a_warning(tmp_path, caplog):
     make_coop_dataset(tmp_path, "Mini", counts=(3, 2, 1))
     ds = load_dataset(tmp_path, "Mini")
-    with pytest.raises(ValueError, match=r"Mini: train class 0 \('cat'\) has 3 image\(s\) but 16 shots"):
-        fewshot_split(ds, 16, 1)
+    with caplog.at_level("WARNING", logger="gramlib.data.coop"):
+        fs = fewshot_split(ds, 16, 1)
+    assert len(fs.train) == 9 and len(fs.val) == 6  # Dassl's rule: a short class keeps all its items
+    assert "Mini: train class 0 ('cat') has 3 image(s), fewer than 16 shots" in caplog.text
     fs = fewshot_split(ds, 16, 1, repeat=True)
     assert len(fs.train) == 48 and len(fs.val) == 12
 

@@ -10,14 +10,19 @@ Conventions kept from CoOp/CoCoOp (see DESIGN.md, "Conventions worth keeping"):
 * ``split_zhou_<Name>.json``: keys ``train``/``val``/``test``, items
   ``[relative_image_path, int_label, classname]`` relative to the dataset's image folder.
 * Class names: dataset-specific renaming tables (EuroSAT, Caltech101), then ``_`` -> space.
-* Few-shot: K per class for train, ``min(K, 4)`` per class for val, per (K, seed), cached as JSON.
+* Few-shot: Dassl's rule, so that seed s and K shots pick CoOp's images: K per class for train, then
+  ``min(K, 4)`` per class for val from the *same* random stream (``random.Random(seed)``, as CoOp seeds
+  Python's global ``random`` once), classes in order of first appearance in the split list, a class
+  with fewer than K items kept whole (with a warning); cached per (K, seed) as JSON.
 * Base/new: labels sorted, ``m = ceil(n / 2)``, base = first m, new = rest, relabelled from 0;
   few-shot sampling happens *before* the split.
 
-Deliberate differences from CoOp: asking for more shots than a class has raises (CoOp silently
-truncates) unless ``repeat=True``; image lists are sorted (CoOp lists folders unsorted for ImageNet
-images); the few-shot cache is JSON with relative paths and a fingerprint of its source split,
-not a pickle of absolute paths.
+ImageNet's images are read in the order the file system lists them (CoOp's ``listdir_nohidden``
+without sorting), its class folders sorted, so its shots equal CoOp's on the same disk; every other
+folder listing (the test-only variants, ImageNetV2) is sorted, which changes no result.
+
+Deliberate differences from CoOp: the few-shot cache is JSON with relative paths, the sampling rule
+and a fingerprint of its source split, not a pickle of absolute paths; a truncated class is logged.
 """
 
 from __future__ import annotations
@@ -314,11 +319,13 @@ def verify_images(data: Iterable[Datum], source: str | os.PathLike = "") -> None
 # Folder-based readers (ImageNet family, FGVC Aircraft)
 
 
-def _listdir(path: Path, *, dirs: bool | None = None) -> list[str]:
-    """Sorted, non-hidden entries (CoOp's listdir_nohidden, but always sorted for determinism)."""
+def _listdir(path: Path, *, dirs: bool | None = None, sort: bool = True) -> list[str]:
+    """Non-hidden entries (CoOp's ``listdir_nohidden``), sorted unless ``sort=False``."""
     if not path.is_dir():
         raise FileNotFoundError(f"folder not found: {path}")
-    names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    names = [n for n in os.listdir(path) if not n.startswith(".")]
+    if sort:
+        names.sort()
     if dirs is True:
         names = [n for n in names if (path / n).is_dir()]
     elif dirs is False:
@@ -347,9 +354,10 @@ def read_classnames(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _read_wnid_folders(split_dir: Path, classnames: Mapping[str, str], cn_file: Path,
-                       ignore: Sequence[str] = ()) -> list[Datum]:
+                       ignore: Sequence[str] = (), *, sort_images: bool = True) -> list[Datum]:
     """Folders ``<wnid>/`` sorted, label = rank among the folders present (CoOp's rule: ImageNet-A
-    and -R therefore get labels 0..199 in sorted-wnid order)."""
+    and -R therefore get labels 0..199 in sorted-wnid order). ``sort_images=False`` keeps the file
+    system's listing order inside each folder (CoOp's imagenet.py), which decides ImageNet's shots."""
     items: list[Datum] = []
     folders = [f for f in _listdir(split_dir, dirs=True) if f not in ignore]
     if not folders:
@@ -358,7 +366,7 @@ def _read_wnid_folders(split_dir: Path, classnames: Mapping[str, str], cn_file: 
         if folder not in classnames:
             raise ValueError(f"{split_dir / folder}: folder {folder!r} has no entry in {cn_file}")
         cname = clean_classname(classnames[folder])
-        for im in _listdir(split_dir / folder, dirs=False):
+        for im in _listdir(split_dir / folder, dirs=False, sort=sort_images):
             items.append(Datum(split_dir / folder / im, label, cname))
     return items
 
@@ -466,8 +474,8 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
         cn_file = _classnames_path(root, dataset_dir, spec)
         classnames = read_classnames(cn_file)
         if spec.loader == "imagenet":
-            train = _read_wnid_folders(image_dir / "train", classnames, cn_file, spec.ignore)
-            test = _read_wnid_folders(image_dir / "val", classnames, cn_file, spec.ignore)
+            train = _read_wnid_folders(image_dir / "train", classnames, cn_file, spec.ignore, sort_images=False)
+            test = _read_wnid_folders(image_dir / "val", classnames, cn_file, spec.ignore, sort_images=False)
             splits = {"train": train, "val": test, "test": test}
         elif spec.loader == "imagenetv2":
             splits = {"train": [], "val": [], "test": _read_imagenetv2(image_dir, classnames)}
@@ -486,23 +494,28 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
 
 
 def _by_label(data: Iterable[Datum]) -> dict[int, list[Datum]]:
+    """Items grouped by label, classes in order of first appearance (Dassl's ``split_dataset_by_label``
+    is a ``defaultdict``: its iteration order is the order in which the split list first names each class)."""
     groups: dict[int, list[Datum]] = defaultdict(list)
     for d in data:
         groups[d.label].append(d)
-    return {k: groups[k] for k in sorted(groups)}
+    return dict(groups)
 
 
-def generate_fewshot(data: Sequence[Datum], num_shots: int, seed: int, repeat: bool = False, *,
+def generate_fewshot(data: Sequence[Datum], num_shots: int, seed: int | random.Random, repeat: bool = False, *,
                      dataset: str = "dataset", split: str = "train") -> list[Datum]:
-    """K items per class, sampled without replacement by ``random.Random(seed)``.
+    """K items per class by Dassl's rule (``DatasetBase.generate_fewshot_dataset``).
 
-    A class with fewer than K items raises (naming dataset, split, class and counts) unless
-    ``repeat=True``, which samples with replacement like CoOp's ``repeat``. ``num_shots < 1``
-    returns the data unchanged (CoOp's "all shots").
+    Classes are visited in order of first appearance in ``data``; each draws ``rng.sample(items, K)``.
+    A class with fewer than K items keeps all of them, with a warning naming dataset, split, class and
+    counts (Dassl keeps them silently), or draws ``rng.choices(items, k=K)`` when ``repeat``. ``seed`` may
+    be a ``random.Random`` so that train and val share one stream, as they do in CoOp (both are drawn
+    from Python's global ``random``, seeded once with ``cfg.SEED``). ``num_shots < 1`` returns the data
+    unchanged (CoOp's "all shots").
     """
     if num_shots < 1:
         return list(data)
-    rng = random.Random(seed)
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     out: list[Datum] = []
     for label, items in _by_label(data).items():
         if len(items) >= num_shots:
@@ -510,10 +523,15 @@ def generate_fewshot(data: Sequence[Datum], num_shots: int, seed: int, repeat: b
         elif repeat:
             out.extend(rng.choices(items, k=num_shots))
         else:
-            raise ValueError(f"{dataset}: {split} class {label} ({items[0].classname!r}) has "
-                             f"{len(items)} image(s) but {num_shots} shots were requested "
-                             "(pass repeat=True to sample with replacement)")
+            log.warning("%s: %s class %d (%r) has %d image(s), fewer than %d shots: all of them are kept "
+                        "(Dassl's rule; repeat=True samples with replacement)", dataset, split, label,
+                        items[0].classname, len(items), num_shots)
+            out.extend(items)
     return out
+
+
+# the few-shot sampling rule a cache was written by (older caches drew val from a restarted stream)
+FEWSHOT_RULE = "dassl-v1"
 
 
 def _fingerprint(dataset: CoopDataset) -> str:
@@ -546,7 +564,8 @@ def fewshot_split(dataset: CoopDataset, shots: int, seed: int, cache_dir: str | 
     The selection is cached as JSON (relative paths) under ``cache_dir`` and reused when present,
     so every method and every stage sees the same images for a (K, seed). The cache records a
     fingerprint of the full train/val lists; if the dataset changed since, we refuse instead of
-    silently mixing selections. Test is untouched. ImageNet keeps val = test (CoOp).
+    silently mixing selections. A cache written by another sampling rule (``rule`` differs from
+    :data:`FEWSHOT_RULE`) is resampled and overwritten. Test is untouched. ImageNet keeps val = test (CoOp).
     """
     if shots < 1:
         return dataset
@@ -554,8 +573,11 @@ def fewshot_split(dataset: CoopDataset, shots: int, seed: int, cache_dir: str | 
         raise ValueError(f"{dataset.name}: no train split to sample shots from (a test-only dataset?)")
     path = fewshot_cache_path(cache_dir, dataset.name, shots, seed, repeat) if cache_dir else None
     fp = _fingerprint(dataset)
-    if path is not None and path.is_file():
-        obj = read_json(path)
+    obj = read_json(path) if path is not None and path.is_file() else None
+    if obj is not None and isinstance(obj, dict) and obj.get("rule") != FEWSHOT_RULE:
+        log.info("%s: written by sampling rule %r, resampling by %r", path, obj.get("rule"), FEWSHOT_RULE)
+        obj = None
+    if obj is not None:
         if not isinstance(obj, dict) or not {"train", "val", "source"} <= set(obj):
             raise ValueError(f"{path}: malformed few-shot cache (expected keys train, val, source)")
         if obj["source"] != fp:
@@ -565,12 +587,13 @@ def fewshot_split(dataset: CoopDataset, shots: int, seed: int, cache_dir: str | 
         val = _items_to_data(obj["val"], dataset.image_dir, f"{path}: val")
         log.debug("loaded few-shot selection %s", path)
     else:
-        train = generate_fewshot(dataset.train, shots, seed, repeat, dataset=dataset.name, split="train")
-        val = (generate_fewshot(dataset.val, min(shots, 4), seed, repeat, dataset=dataset.name, split="val")
+        rng = random.Random(seed)  # one stream: train first, then val (CoOp's order)
+        train = generate_fewshot(dataset.train, shots, rng, repeat, dataset=dataset.name, split="train")
+        val = (generate_fewshot(dataset.val, min(shots, 4), rng, repeat, dataset=dataset.name, split="val")
                if dataset.fewshot_val else [])
         if path is not None:
             write_json(path, {"dataset": dataset.name, "shots": shots, "seed": seed, "repeat": repeat,
-                              "source": fp,
+                              "rule": FEWSHOT_RULE, "source": fp,
                               "train": [to_item(d, dataset.image_dir) for d in train],
                               "val": [to_item(d, dataset.image_dir) for d in val]}, indent=None)
             log.info("wrote few-shot selection %s", path)
