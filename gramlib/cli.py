@@ -1,13 +1,14 @@
 """``gramlib <command> --profile <name>``: the one command line of the project; every DVC stage calls it.
 
-    gramlib world      --profile mini              # generate the mini world (data/<profile>/)
+    gramlib world      --profile mini              # generate the mini world (data/<profile>/), or check a profile's own data
+    gramlib paper-fixture --profile paper_fixture  # stand-ins of the paper data in the real formats (issue 16)
     gramlib pretrain   --profile mini              # pre-train the tiny CLIP (artifacts/<profile>/backbone/)
     gramlib chc        --profile mini              # §3.2: topics and visual domains of the web corpus
     gramlib meta-train --profile mini [--runs a,b] # §3.3: every meta-training run the experiments use
     gramlib meta-run   --profile mini --variant coop_gram --out DIR   # one run, anywhere (no fingerprint)
     gramlib suite      --profile mini --experiment base2new [--seeds 4,5 --shots 8 --out-dir DIR]
     gramlib regulator-sweep --profile mini         # issue 15: which settings make R^phi learn (not a stage)
-    gramlib probe      --profile mini              # issue 14: the world probe -> reports/world_probe.json
+    gramlib probe      --profile mini              # issue 14: the world probe -> reports/world_probe.json (--out)
     gramlib index      --reports reports           # reports/README.md
     gramlib stage-config --profile mini --stage suite@base2new        # what a stage reads, resolved
     gramlib dvc-yaml                               # write dvc.yaml from gramlib/pipeline.py
@@ -115,6 +116,12 @@ def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
         print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
 
 
+def _paper_fixture(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.data.paper_fixture import build_paper_fixture
+
+    return build_paper_fixture(Path(a.root) if a.root else profile.root, weights=not a.no_weights)
+
+
 def _index(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
     from gramlib.reporting.index import write_index
 
@@ -123,9 +130,10 @@ def _index(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
 
 
 def _stage_config(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
-    from gramlib.stage_config import stage_config, write_stage_configs
+    from gramlib.stage_config import check_dvc_layout, stage_config, write_stage_configs
 
     if a.out:
+        check_dvc_layout(profile, params)
         return [str(p) for p in write_stage_configs(profile, params, Path(a.out))]
     import json
 
@@ -155,7 +163,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         commands[name] = fn
         return p
 
-    add("world", _world, "generate the profile's world (mini/smoke): corpora and CoOp-layout datasets")
+    add("world", _world, "the world stage: generate the profile's world (mini/smoke), or check and describe its own data")
+    p = add("paper-fixture", _paper_fixture, "write stand-ins of the paper profile's data in the real formats "
+            "(CoOp's DATA/, img2dataset CC3M, ViT-B/16 weights) under --root (default: the profile's data root)")
+    p.add_argument("--root", default=None)
+    p.add_argument("--no-weights", action="store_true", help="skip the 300 MB random ViT-B/16 checkpoint")
     add("pretrain", _pretrain, "pre-train the profile's tiny CLIP (or check the paper backbone's weights)")
     add("chc", _chc, "cross-modal hierarchical clustering (§3.2) of the profile's web corpus")
     p = add("meta-train", _meta_train, "every meta-training run the experiments use (kept while current)")

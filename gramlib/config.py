@@ -128,6 +128,7 @@ class ParamsFile:
     ``meta_train_config``, ``suite_config``), so here they stay mappings."""
 
     profile: str = "mini"
+    reports: str = "reports"  # where the DVC pipeline writes reports: reports/ (mini), reports/<profile>/ (others)
     seeds: tuple[int, ...] = (1, 2, 3)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     chc: dict[str, Any] = field(default_factory=dict)

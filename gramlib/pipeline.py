@@ -21,6 +21,9 @@ import yaml
 from gramlib.code_deps import REPO, code_files, compact, notebook_modules
 
 P = "${profile}"
+R = "${reports}"  # params.yaml's `reports`: reports/ for mini, reports/<profile>/ for any other (checked by stage_config)
+DATA = f"data/{P}"
+WORLD = f"{DATA}/world.json"
 ART = f"artifacts/{P}"
 CFG = f"{ART}/config"
 SUITE = f"{ART}/suite"
@@ -60,11 +63,11 @@ class Notebook:
 
 
 def _table_outs(*names: str) -> tuple[str, ...]:
-    return tuple(f"reports/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "provenance.json"))
+    return tuple(f"{R}/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "provenance.json"))
 
 
 def _figure_outs(*names: str) -> tuple[str, ...]:
-    return tuple(f"reports/figures/{n}.{ext}" for n in names for ext in ("png", "provenance.json"))
+    return tuple(f"{R}/figures/{n}.{ext}" for n in names for ext in ("png", "provenance.json"))
 
 
 EXPERIMENTS = ("base2new", "transfer16", "transfer4", "overfit", "init_spread", "restore", "restore_ablations")
@@ -75,19 +78,21 @@ STAGES: tuple[Stage, ...] = (
           comment="what every stage reads, resolved for the profile (deps: all of params.yaml)"),
     Stage("world", f"gramlib world --profile {P}", ("gramlib.cli", "gramlib.world.build"),
           inputs=("data/spec",), configs=("world",),
-          outs=({f"data/{P}": {"cache": False}},),
-          comment="regenerated deterministically from data/spec: no copy into the DVC cache"),
+          outs=({WORLD: {"cache": False}},),
+          comment="a generated profile (mini, smoke): its world, regenerated deterministically from data/spec, and "
+                  "world.json with a digest of every corpus; a profile with its own data (paper): the layout "
+                  "checked and described. Later stages depend on world.json and on data/<profile>/{coop,cc3m}"),
     Stage("backbone", f"gramlib pretrain --profile {P}", ("gramlib.cli", "gramlib.clip.pretrain"),
-          inputs=(f"data/{P}/web",), configs=("backbone",), outs=(f"{ART}/backbone",)),
+          inputs=(WORLD,), configs=("backbone",), outs=(f"{ART}/backbone",)),
     Stage("chc", f"gramlib chc --profile {P}", ("gramlib.cli", "gramlib.chc.stage"),
-          inputs=(f"data/{P}/cc3m", f"data/{P}/cc3m_truth.parquet", f"{ART}/backbone"), configs=("chc",),
+          inputs=(f"{DATA}/cc3m", WORLD, f"{ART}/backbone"), configs=("chc",),
           outs=(f"{ART}/chc",)),
-    Stage("world_probe", f"gramlib probe --profile {P}", ("gramlib.cli", "gramlib.experiments.world_probe"),
-          inputs=(f"data/{P}/coop", f"{ART}/backbone"), configs=("world_probe",),
-          outs=({"reports/world_probe.json": {"cache": False}}, {"reports/world_probe.csv": {"cache": False}}),
+    Stage("world_probe", f"gramlib probe --profile {P} --out {R}/world_probe.json", ("gramlib.cli", "gramlib.experiments.world_probe"),
+          inputs=(f"{DATA}/coop", WORLD, f"{ART}/backbone"), configs=("world_probe",),
+          outs=({f"{R}/world_probe.json": {"cache": False}}, {f"{R}/world_probe.csv": {"cache": False}}),
           comment="does the world have the paper's problem (CoOp gains on base, loses on new)? issue 14's probe"),
     Stage("meta_train", f"gramlib meta-train --profile {P}", ("gramlib.cli", "gramlib.experiments.meta_runs"),
-          inputs=(f"{ART}/chc/pairs.parquet", f"{ART}/backbone", f"data/{P}/coop"), configs=("meta_train",),
+          inputs=(f"{ART}/chc/pairs.parquet", f"{ART}/backbone", f"{DATA}/coop"), configs=("meta_train",),
           outs=({f"{ART}/meta": {"persist": True}},),
           comment="every meta-training run the experiments use: a run whose fingerprint is unchanged is kept, "
                   "a killed one resumes (persist)"),
@@ -95,25 +100,26 @@ STAGES: tuple[Stage, ...] = (
 
 SUITE_STAGE = Stage(
     "suite", f"gramlib suite --profile {P} --experiment ${{item}}", ("gramlib.cli", "gramlib.experiments.suite"),
-    inputs=(f"data/{P}/coop", f"{ART}/backbone", f"{ART}/meta"), configs=("suite@${item}",),
+    inputs=(f"{DATA}/coop", f"{ART}/backbone", f"{ART}/meta"), configs=("suite@${item}",),
     outs=tuple({f"{SUITE}/${{item}}{ext}": {"persist": True}} for ext in (".csv", ".csv.units.json", ".shifts.csv")),
     comment="one experiment of suite.experiments; persist: a killed stage resumes its finished units "
             "(the units file carries the experiment's fingerprint, so stale rows are never kept)")
 
 NOTEBOOKS: tuple[Notebook, ...] = (
-    Notebook("mini_world", "00_mini_world.ipynb", (f"data/{P}", f"{ART}/backbone"), ("world", "backbone"),
-             ("reports/zero_shot.csv", "reports/zero_shot.provenance.json")
-             + tuple(f"reports/figures/mini_world_{n}.png" for n in ("grid", "stats", "pretraining", "zero_shot"))),
-    Notebook("chc_nb", "01_chc.ipynb", (f"{ART}/chc",), ("chc",), ("reports/chc",), (("rerun", "False"),)),
+    Notebook("mini_world", "00_mini_world.ipynb", (WORLD, f"{DATA}/coop", f"{DATA}/cc3m", f"{ART}/backbone"),
+             ("world", "backbone"),
+             (f"{R}/zero_shot.csv", f"{R}/zero_shot.provenance.json")
+             + tuple(f"{R}/figures/mini_world_{n}.png" for n in ("grid", "stats", "pretraining", "zero_shot"))),
+    Notebook("chc_nb", "01_chc.ipynb", (f"{ART}/chc", WORLD), ("chc",), (f"{R}/chc",), (("rerun", "False"),)),
     Notebook("tasks_nb", "02_tasks.ipynb", (f"{ART}/chc/pairs.parquet",), ("tasks",),
-             ("reports/meta/task_domain_shift.png", "reports/meta/task_no_shift.png", "reports/meta/task_stats.json"),
+             (f"{R}/meta/task_domain_shift.png", f"{R}/meta/task_no_shift.png", f"{R}/meta/task_stats.json"),
              (("seed", "1"),)),
     Notebook("meta_training_nb", "03_meta_training.ipynb",
-             (f"{ART}/meta/coop_gram", f"{ART}/backbone", f"{ART}/chc/pairs.parquet", f"data/{P}/cc3m", f"data/{P}/coop",
+             (f"{ART}/meta/coop_gram", f"{ART}/backbone", f"{ART}/chc/pairs.parquet", f"{DATA}/cc3m", f"{DATA}/coop",
               f"{SUITE}/base2new.csv"),
              ("meta_train", "suite@base2new"),
-             ("reports/meta/meta_training_curves.png", "reports/meta/grad_cosine_variants.png", "reports/meta/metrics.json",
-              "reports/meta/regulator_effect.csv", "reports/meta/ablation_glance.csv"),
+             (f"{R}/meta/meta_training_curves.png", f"{R}/meta/grad_cosine_variants.png", f"{R}/meta/metrics.json",
+              f"{R}/meta/regulator_effect.csv", f"{R}/meta/ablation_glance.csv"),
              (("seed", "1"),)),
     Notebook("table1_nb", "10_table1_base_to_new.ipynb", (f"{SUITE}/base2new.csv",), ("suite@base2new", "tables"),
              _table_outs("table1_base_to_new", "table1_meta_seeds")),
@@ -133,7 +139,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
              _table_outs("table_restore_base_to_new", "table_restore_ablations")),
     Notebook("figure1a_nb", "20_figure1a_init_spread.ipynb", (f"{SUITE}/init_spread.csv",), ("suite@init_spread",),
              _figure_outs("figure1a_init_spread")),
-    Notebook("figure1b_nb", "21_figure1b_overfitting.ipynb", (f"{SUITE}/overfit.csv", f"{ART}/backbone", f"data/{P}/coop"),
+    Notebook("figure1b_nb", "21_figure1b_overfitting.ipynb", (f"{SUITE}/overfit.csv", f"{ART}/backbone", f"{DATA}/coop"),
              ("suite@overfit",), _figure_outs("figure1b_overfitting", "figure1b_fit_room") + _table_outs("table_figure1b_fit_room")),
     Notebook("figure3a_nb", "22_figure3a_accuracy_per_epoch.ipynb", (f"{SUITE}/base2new.csv",), ("suite@base2new",),
              _figure_outs("figure3a_accuracy_per_epoch")),
@@ -143,7 +149,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("figure_feature_shift_nb", "24_figure_feature_shift.ipynb",
              tuple(f"{SUITE}/{n}" for n in ("base2new.csv", "base2new.shifts.csv", "restore.csv", "restore.shifts.csv")),
              ("suite@base2new", "suite@restore"),
-             ("reports/figures/figure_feature_shift_discrepancy.csv",)
+             (f"{R}/figures/figure_feature_shift_discrepancy.csv",)
              + _figure_outs("figure_feature_shift_discrepancy", "figure_feature_shift_layers")),
     Notebook("paper_audit", "30_paper_audit.ipynb", (), (), ("reports/paper_audit.csv",), per_profile=False),
 )
@@ -152,9 +158,9 @@ NOTEBOOKS: tuple[Notebook, ...] = (
 def _index_stage() -> Stage:
     provenance = [o for nb in NOTEBOOKS for o in nb.outs
                   if o.endswith(".provenance.json") and ("/tables/" in o or "/figures/" in o)]
-    return Stage("reports_index", "gramlib index --reports reports", ("gramlib.cli", "gramlib.reporting.index"),
-                 inputs=tuple(provenance), outs=({"reports/README.md": {"cache": False}},),
-                 comment="reports/README.md: every table and figure with its provenance")
+    return Stage("reports_index", f"gramlib index --reports {R}", ("gramlib.cli", "gramlib.reporting.index"),
+                 inputs=tuple(provenance), outs=({f"{R}/README.md": {"cache": False}},),
+                 comment="<reports>/README.md: every table and figure of the profile with its provenance")
 
 
 def stage_modules(name: str) -> tuple[str, ...]:
@@ -182,7 +188,7 @@ def _stage_dict(s: Stage) -> dict[str, Any]:
 
 def _notebook_dict(nb: Notebook) -> dict[str, Any]:
     out_dir = str(Path(nb.executed).parent)
-    args = (" -p profile " + P if nb.per_profile else "") + " -p reports_dir reports" + "".join(
+    args = (f" -p profile {P} -p reports_dir {R}" if nb.per_profile else " -p reports_dir reports") + "".join(
         f" -p {k} {v}" for k, v in nb.args)
     cmd = (f"mkdir -p {out_dir} && papermill -k python3 --cwd notebooks notebooks/{nb.notebook} "
            f"{nb.executed}{args}")

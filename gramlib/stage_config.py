@@ -27,7 +27,32 @@ def _asdict(obj: Any) -> Any:
 
 
 def world(profile: Profile, params: dict) -> dict:
-    return {"world": _asdict(profile.world), "data_root": profile.data_root}
+    out = {"world": _asdict(profile.world), "data_root": profile.data_root}
+    if profile.world is None:  # a profile with its own data: the world stage checks these datasets
+        out.update(datasets=list(profile.datasets), variants=list(profile.variants), source=profile.source,
+                   coop_dir=profile.coop_dir, cc3m_dir=profile.cc3m_dir)
+    return out
+
+
+def check_dvc_layout(profile: Profile, params: dict) -> None:
+    """The paths dvc.yaml reads and writes for the profile, checked before any stage runs.
+
+    DVC interpolates one level (``${profile}``, ``${reports}``), not a profile's own keys, so the
+    pipeline reads ``data/<profile>/`` and writes ``<reports>/``: a profile whose ``data_root`` is elsewhere
+    would run on one folder while DVC tracks another, and a profile other than mini writing to ``reports/``
+    would overwrite the mini profile's committed reports.
+    """
+    expected = f"data/{profile.name}"
+    if Path(profile.data_root).as_posix().rstrip("/") != expected:
+        raise ValueError(f"profiles.{profile.name}.data_root is {profile.data_root!r}, but the DVC pipeline reads "
+                         f"{expected}/ (dvc.yaml's data/${{profile}}): set it to {expected!r} and put the data there "
+                         "(a symlink to another disk works)")
+    reports = Path(str(params.get("reports", "reports"))).as_posix().rstrip("/")
+    wanted = "reports" if profile.name == "mini" else f"reports/{profile.name}"
+    if reports != wanted:
+        raise ValueError(f"params.yaml: reports is {reports!r} for profile {profile.name!r}; set it to {wanted!r} "
+                         "(each profile writes its own reports; reports/ holds the mini profile's), e.g. "
+                         f"dvc exp run -S profile={profile.name} -S reports={wanted}")
 
 
 def backbone(profile: Profile, params: dict) -> dict:

@@ -57,6 +57,7 @@ def chain(tmp_path_factory):
         shutil.copy2(REPO / f, copy / f)
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["profile"] = "smoke"
+    params["reports"] = "reports/smoke"  # each profile writes its own reports (reports/ is mini's)
     params["seeds"] = [1]
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (copy / "dvc.lock").unlink(missing_ok=True)
@@ -71,7 +72,8 @@ def chain(tmp_path_factory):
 def test_repro_produces_every_table_figure_and_the_index(chain):
     import pandas as pd
 
-    reports = chain / "reports"
+    reports = chain / "reports" / "smoke"
+    assert not (chain / "reports" / "tables").exists()  # the mini profile's folder is left alone
     for stem in TABLES:
         df = pd.read_csv(reports / "tables" / f"{stem}.csv")
         assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"], stem
@@ -127,7 +129,7 @@ def test_failing_cell_fails_the_stage_and_keeps_everything_else(chain):
     nb = nbformat.read(nb_path, as_version=4)
     nb.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('deliberate failure')"))
     nbformat.write(nb, nb_path)
-    other = chain / "reports" / "tables" / "table1_base_to_new.csv"
+    other = chain / "reports" / "smoke" / "tables" / "table1_base_to_new.csv"
     before = other.read_bytes()
     res = _dvc(chain, "repro", "table7_nb", check=False)
     assert res.returncode != 0

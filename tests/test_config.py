@@ -18,7 +18,7 @@ def test_profiles_are_data():
 
 
 def test_unknown_profile_names_the_parameter():
-    with pytest.raises(ValueError, match=r"unknown profile 'nope'.*'profile'.*known: \['mini', 'paper', 'smoke'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'nope'.*'profile'.*known: \['mini', 'paper', 'paper_fixture', 'smoke'\]"):
         get_profile("nope")
 
 
@@ -202,11 +202,13 @@ def test_overlays_merge_over_the_base_section_for_their_profile_only():
     assert meta_train_config("mini", "unigram", params).tasks.ways == 5
 
 
-def test_paper_profile_has_no_world_to_generate():
+def test_paper_profile_has_no_world_to_generate(tmp_path):
+    """Without a world block the world stage checks the profile's own data instead of generating any."""
     from gramlib.world.build import build_world
 
-    with pytest.raises(ValueError, match="no 'world' block"):
-        build_world(get_profile("paper"))
+    with pytest.raises(FileNotFoundError, match=r"data root .*nowhere not found .*put CoOp's DATA/ folder at"):
+        build_world(get_profile("paper", data_root=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "nowhere").exists()  # nothing was generated
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -1,4 +1,4 @@
-"""Paper-profile set-up that the mini chain never exercises: DVC can track data/external/paper, the
+"""Paper-profile set-up that the mini chain never exercises: DVC can track data/paper/{coop,cc3m}, the
 mini world's caption strip list does not reach real CC3M, cuML is an optional, documented install."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def test_real_cc3m_captions_keep_their_words():
     assert list(mini.strip_phrases) == [] and mini.learns
 
 
-def test_dvc_add_data_external_paper_works_with_our_gitignore(tmp_path):
-    """README step 1 (`dvc add data/external/paper`) in a fresh repository carrying our .gitignore."""
+def test_dvc_add_data_paper_works_with_our_gitignore(tmp_path):
+    """README step 1 (`dvc add data/paper/coop data/paper/cc3m`) in a fresh repository carrying our .gitignore."""
     dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
     if not Path(dvc).exists():
         pytest.skip("dvc is not installed")
@@ -31,15 +31,18 @@ def test_dvc_add_data_external_paper_works_with_our_gitignore(tmp_path):
     assert run("git", "init", "-q").returncode == 0
     shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
     assert run(dvc, "init", "-q").returncode == 0
-    data = tmp_path / "data" / "external" / "paper" / "coop"
-    data.mkdir(parents=True)
-    (data / "x.txt").write_text("an image")
-    res = run(dvc, "add", "data/external/paper")
+    for sub in ("coop", "cc3m"):
+        (tmp_path / "data" / "paper" / sub).mkdir(parents=True)
+        (tmp_path / "data" / "paper" / sub / "x.txt").write_text("an image")
+    res = run(dvc, "add", "data/paper/coop", "data/paper/cc3m")
     assert res.returncode == 0, res.stderr + res.stdout
-    assert (tmp_path / "data" / "external" / "paper.dvc").is_file()
-    # the .dvc file is for git, the data is not
-    assert run("git", "check-ignore", "-q", "data/external/paper.dvc").returncode == 1
-    assert run("git", "check-ignore", "-q", "data/external/paper/coop/x.txt").returncode == 0
+    for sub in ("coop", "cc3m"):
+        assert (tmp_path / "data" / "paper" / f"{sub}.dvc").is_file()
+        # the .dvc file is for git, the data is not
+        assert run("git", "check-ignore", "-q", f"data/paper/{sub}.dvc").returncode == 1
+        assert run("git", "check-ignore", "-q", f"data/paper/{sub}/x.txt").returncode == 0
+    # the world stage's description of the data sits beside it, ignored
+    assert run("git", "check-ignore", "-q", "data/paper/world.json").returncode == 0
 
 
 def test_cuml_extra_is_declared_and_documented():

@@ -155,7 +155,7 @@ def test_bad_inputs(env, tmp_path, capsys, caplog):
     per_class = pd.Series([d.label for d in load_dataset(env.coop_root, name).train]).value_counts().min()
     with caplog.at_level("WARNING", logger="gramlib.data.coop"):
         unit_data(env, "base2new", name, int(per_class) + 1, 1)
-    assert f"fewer than {per_class + 1} shots: all of them are kept" in caplog.text
+    assert f"have fewer than {per_class + 1} shots, all of their images are kept" in caplog.text
     # a class name longer than the tokenizer's context
     long_name = " ".join(["hydrant"] * 40)
     for method in ("coop", "zeroshot", "vpt"):

@@ -111,16 +111,28 @@ def chc_metrics(pairs: pd.DataFrame, topic_words: pd.DataFrame, truth: pd.DataFr
 
 
 def report_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly the issue's key set, in order (the rest stays in the artifact's metrics.json)."""
-    return {k: metrics[k] for k in REPORT_KEYS}
+    """Exactly the issue's key set, in order (the rest stays in the artifact's metrics.json); a metric
+    that needs ground truth is None on a profile without it (real CC3M)."""
+    return {k: metrics.get(k) for k in REPORT_KEYS}
 
 
-def topic_table(pairs: pd.DataFrame, topic_words: pd.DataFrame, truth: pd.DataFrame,
-                synonyms: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+def topic_table(pairs: pd.DataFrame, topic_words: pd.DataFrame, truth: pd.DataFrame | None,
+                synonyms: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
     """One row per topic: size, eq.-3 and BERTopic words, majority concept and its share, whether
-    the word names it (the rule of :func:`accepted_topic_words`), and the dominant style share."""
-    t = truth.set_index("key")
+    the word names it (the rule of :func:`accepted_topic_words`), and the dominant style share.
+    Without ground truth (real CC3M) the columns that need it are left empty."""
     kept = pairs[pairs.kept & (pairs.topic_id >= 0)]
+    if truth is None:
+        tw = topic_words.set_index("topic_id")
+        sizes = kept.groupby("topic_id").size()
+        return pd.DataFrame([{"topic_id": int(tid), "size": int(n), "eq3_word": tw.loc[tid, "eq3_word"],
+                              "bertopic_words": tw.loc[tid, "bertopic_words"], "majority_concept": None,
+                              "majority_share": float("nan"), "n_concepts": None, "word_ok": None,
+                              "top_style_share": float("nan")} for tid, n in sizes.items()],
+                            columns=["topic_id", "size", "eq3_word", "bertopic_words", "majority_concept",
+                                     "majority_share", "n_concepts", "word_ok", "top_style_share"]
+                            ).sort_values("size", ascending=False, kind="stable").reset_index(drop=True)
+    t = truth.set_index("key")
     conc = t.loc[kept.key, "concept"].to_numpy()
     sty = t.loc[kept.key, "style"].to_numpy()
     ok = accepted_topic_words(synonyms)

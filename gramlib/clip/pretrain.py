@@ -265,8 +265,12 @@ def pretrain_or_describe(profile: Profile) -> dict:
     # real weights: find them (no network, fails at once naming both routes) and record what they are
     from gramlib.clip.factory import resolve_weights, uses_quick_gelu, weights_identity
 
+    import open_clip
+
     weights = resolve_weights(profile.backbone)
+    model_cfg = open_clip.get_model_config(profile.backbone.arch) or {}
     summary = {"arch": profile.backbone.arch, "pretrained": profile.backbone.pretrained, "seconds": 0.0,
+               "image_size": model_cfg.get("vision_cfg", {}).get("image_size"),
                "final_loss": None, "weights": str(weights) if weights else None,
                "quick_gelu": uses_quick_gelu(profile.backbone),
                "identity": weights_identity(profile.backbone, weights), "config": asdict(profile.backbone)}

@@ -371,6 +371,12 @@ def _read_wnid_folders(split_dir: Path, classnames: Mapping[str, str], cn_file: 
     return items
 
 
+def _folder_classes(split_dir: Path, classnames: Mapping[str, str], ignore: Sequence[str] = ()) -> dict[int, str]:
+    """label -> class name of a ``<wnid>/`` folder layout (the folders sorted, as :func:`_read_wnid_folders`)."""
+    folders = [f for f in _listdir(split_dir, dirs=True) if f not in ignore]
+    return {i: clean_classname(classnames[f]) for i, f in enumerate(folders) if f in classnames}
+
+
 def _read_imagenetv2(image_dir: Path, classnames: Mapping[str, str]) -> list[Datum]:
     """ImageNetV2 folders are named by integer label; names come from classnames.txt order."""
     items: list[Datum] = []
@@ -414,9 +420,13 @@ def _read_fgvc(dataset_dir: Path, image_dir: Path) -> dict[str, list[Datum]]:
 # Loading
 
 
-def _label_map(name: str, splits: Mapping[str, list[Datum]]) -> tuple[list[str], dict[int, str]]:
-    """One label -> class-name map over all splits; labels must be 0..n-1 and names consistent."""
-    lab2cname: dict[int, str] = {}
+def _label_map(name: str, splits: Mapping[str, list[Datum]],
+               listed: Mapping[int, str] | None = None) -> tuple[list[str], dict[int, str]]:
+    """One label -> class-name map over all splits; labels must be 0..n-1 and names consistent.
+
+    ``listed``: the classes a folder-per-class layout declares (ImageNet and its variants), which are
+    classes even where a folder holds no image of a split."""
+    lab2cname: dict[int, str] = dict(listed or {})
     for split, data in splits.items():
         for d in data:
             prev = lab2cname.setdefault(d.label, d.classname)
@@ -465,6 +475,7 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{spec.name}: image folder not found: {image_dir}")
 
+    listed: dict[int, str] = {}
     if spec.loader == "split_zhou":
         assert spec.split_file is not None, f"{spec.name}: split_zhou loader needs a split_file"
         splits = read_split(dataset_dir / spec.split_file, image_dir, rename=spec.rename, verify=verify)
@@ -473,6 +484,9 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
     else:
         cn_file = _classnames_path(root, dataset_dir, spec)
         classnames = read_classnames(cn_file)
+        listed = ({i: clean_classname(c) for i, c in enumerate(classnames.values())} if spec.loader == "imagenetv2"
+                  else _folder_classes(image_dir / "train" if spec.loader == "imagenet" else image_dir,
+                                       classnames, spec.ignore))
         if spec.loader == "imagenet":
             train = _read_wnid_folders(image_dir / "train", classnames, cn_file, spec.ignore, sort_images=False)
             test = _read_wnid_folders(image_dir / "val", classnames, cn_file, spec.ignore, sort_images=False)
@@ -484,7 +498,8 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
                       "test": _read_wnid_folders(image_dir, classnames, cn_file, spec.ignore)}
     if verify and spec.loader != "split_zhou":
         verify_images([d for k in SPLITS for d in splits[k]], source=dataset_dir)
-    classnames_list, lab2cname = _label_map(spec.name, splits)
+    classnames_list, lab2cname = _label_map(spec.name, splits, listed if spec.loader not in ("split_zhou", "fgvc_aircraft")
+                                            else None)
     return CoopDataset(spec.name, image_dir, list(splits["train"]), list(splits["val"]),
                        list(splits["test"]), classnames_list, lab2cname, spec.fewshot_val)
 
@@ -517,16 +532,19 @@ def generate_fewshot(data: Sequence[Datum], num_shots: int, seed: int | random.R
         return list(data)
     rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     out: list[Datum] = []
+    short: list[str] = []
     for label, items in _by_label(data).items():
         if len(items) >= num_shots:
             out.extend(rng.sample(items, num_shots))
         elif repeat:
             out.extend(rng.choices(items, k=num_shots))
         else:
-            log.warning("%s: %s class %d (%r) has %d image(s), fewer than %d shots: all of them are kept "
-                        "(Dassl's rule; repeat=True samples with replacement)", dataset, split, label,
-                        items[0].classname, len(items), num_shots)
+            short.append(f"class {label} ({items[0].classname!r}) has {len(items)} image(s)")
             out.extend(items)
+    if short:
+        log.warning("%s: %s: %d class(es) have fewer than %d shots, all of their images are kept (Dassl's rule; "
+                    "repeat=True samples with replacement): %s%s", dataset, split, len(short), num_shots,
+                    "; ".join(short[:5]), " ..." if len(short) > 5 else "")
     return out
 
 

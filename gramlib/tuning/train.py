@@ -75,6 +75,9 @@ class TrainConfig:
     seed: int = 1
     precision: str = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16"
     eval_every: int = 1  # call eval_fn every k epochs (and always after the last)
+    # at most this many batches per epoch (None: all): shrinks a run's steps through params alone, as the
+    # paper_fixture profile does on CPU; the lr schedule is per epoch, so it is unchanged
+    max_batches_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise ValueError(f"max_batches_per_epoch must be >= 1 or None, got {self.max_batches_per_epoch}")
 
     @classmethod
     def for_learner(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -224,7 +229,8 @@ def train_prompt(learner: PromptLearner, train_data: TrainData, cfg: TrainConfig
         view = train_data.bank.epoch_view(gen)
         te = time.perf_counter()
         losses = []
-        for s in range(0, n, cfg.batch_size):
+        starts = range(0, n, cfg.batch_size)
+        for s in starts[:cfg.max_batches_per_epoch] if cfg.max_batches_per_epoch else starts:
             inputs, labels = train_data.bank.batch(order[s:s + cfg.batch_size], view)
             loss = loss_fn(learner, theta, inputs, labels, train_data, device, cfg.precision)
             opt.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ does not depend on the number of worker processes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import multiprocessing as mp
@@ -171,12 +172,25 @@ def write_coop_datasets(spec: WorldSpec, cfg: WorldConfig, coop_dir: Path) -> di
     return summary
 
 
+def tree_digest(path: Path) -> str:
+    """sha256 over every file under ``path`` (relative name and bytes, sorted): the world manifest
+    carries one per corpus, so a stage that depends on ``world.json`` sees any change of the data."""
+    h = hashlib.sha256()
+    for f in sorted(q for q in Path(path).rglob("*") if q.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def build_world(profile: Profile) -> dict:
-    """Write all three corpora of a profile's world and a manifest describing them."""
+    """The profile's data and its manifest ``<data root>/world.json``, the world stage's output.
+
+    A profile with a ``world`` block gets its three corpora generated; one without (the paper
+    profile and its stand-in) brings its own data, which :func:`describe_data` checks instead.
+    """
     cfg = profile.world
     if cfg is None:
-        raise ValueError(f"profile {profile.name!r} has no 'world' block: its data is not generated "
-                         f"(put real data under {profile.root}, see README)")
+        return describe_data(profile)
     spec = world_spec(cfg)
     root = profile.root
     timings = {}
@@ -191,6 +205,7 @@ def build_world(profile: Profile) -> dict:
     timings["coop_s"] = time.perf_counter() - t0
     manifest = {
         "profile": profile.name,
+        "generated": True,
         "world": asdict(cfg),
         "n_concepts": len(spec.concepts),
         "families": spec.families,
@@ -199,6 +214,47 @@ def build_world(profile: Profile) -> dict:
         "web": web,
         "cc3m": cc3m,
         "datasets": coop,
+        "digest": {"web": tree_digest(root / "web"), "cc3m": tree_digest(root / profile.cc3m_dir),
+                   "cc3m_truth": _file_digest(root / "cc3m_truth.parquet"),
+                   "coop": tree_digest(root / profile.coop_dir)},
     }
     write_json(root / "world.json", manifest)  # no timings: the world is a deterministic DVC output
     return {**manifest, "timings": {k: round(v, 2) for k, v in timings.items()}}
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def describe_data(profile: Profile) -> dict:
+    """Check a profile's own data (CoOp's ``DATA/`` layout, img2dataset CC3M shards) and describe it.
+
+    Every dataset and variant of the profile is loaded, so a folder in the wrong layout fails here,
+    within seconds and naming the expected path, not hours later in a suite unit. The manifest holds
+    what notebook 00 shows (classes, split sizes, CoOp's template per dataset) and the CC3M shard list
+    with sizes; the data itself is tracked by ``dvc add`` (README), so no content digest is taken here.
+    """
+    from gramlib.data.templates import COOP_TEMPLATES, template_for
+    from gramlib.data.coop import load_dataset
+
+    root = profile.root
+    if not root.is_dir():
+        raise FileNotFoundError(f"profile {profile.name!r}: data root {root} not found (profiles.{profile.name}."
+                                f"data_root; put CoOp's DATA/ folder at {root / profile.coop_dir} and the CC3M "
+                                f"shards at {root / profile.cc3m_dir}, see the README's paper-profile section)")
+    datasets = {}
+    for name in (*profile.datasets, *profile.variants):
+        ds = load_dataset(root / profile.coop_dir, name)
+        role = ("source" if name == profile.source else "variant" if name in profile.variants else "target")
+        datasets[name] = {"role": role, "n_classes": ds.num_classes, "template": template_for(COOP_TEMPLATES, name),
+                          "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
+    cc3m_dir = root / profile.cc3m_dir
+    shards = sorted(cc3m_dir.glob("*.tar")) if cc3m_dir.is_dir() else []
+    if not shards:
+        raise FileNotFoundError(f"profile {profile.name!r}: no CC3M shards (*.tar, img2dataset's webdataset output) "
+                                f"in {cc3m_dir}")
+    manifest = {"profile": profile.name, "generated": False, "datasets": datasets,
+                "cc3m": {"n_shards": len(shards),
+                         "shards": {f.name: f.stat().st_size for f in shards}}}
+    write_json(root / "world.json", manifest)
+    return manifest
