@@ -123,3 +123,25 @@ def test_world_manifest_is_deterministic_content(smoke):
     manifest = read_json(smoke.root / "world.json")
     assert "timings" not in manifest
     assert manifest["profile"] == "smoke" and manifest["datasets"]
+
+
+def test_rebuilding_a_world_replaces_its_corpora(tmp_path):
+    """The world stage's DVC output is world.json, so DVC no longer empties data/<profile> first: a rerun
+    must replace the corpora itself (no stale shard kept) and, being deterministic, write the same manifest."""
+    import dataclasses
+
+    from gramlib.config import get_profile
+    from gramlib.io import read_json
+    from gramlib.world.build import build_world
+
+    smoke = get_profile("smoke", data_root=str(tmp_path / "w"))
+    tiny = dataclasses.replace(smoke, world=dataclasses.replace(smoke.world, n_web=120, n_cc3m=60, shard_size=30,
+                                                                split_scale=0.1, workers=1))
+    build_world(tiny)
+    first = read_json(tmp_path / "w" / "world.json")
+    stale = tmp_path / "w" / "cc3m" / "00099.tar"
+    stale.write_bytes(b"left from another world")
+    build_world(tiny)
+    assert not stale.exists()
+    assert read_json(tmp_path / "w" / "world.json") == first
+    assert first["generated"] is True and set(first["digest"]) == {"web", "cc3m", "cc3m_truth", "coop"}

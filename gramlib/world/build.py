@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import multiprocessing as mp
+import shutil
 import time
 import zlib
 from dataclasses import asdict
@@ -193,6 +194,12 @@ def build_world(profile: Profile) -> dict:
         return describe_data(profile)
     spec = world_spec(cfg)
     root = profile.root
+    # the stage owns its generated corpora: a rerun replaces them whole (DVC tracks world.json, not them,
+    # so it no longer deletes them before the run); nothing else under the data root is touched
+    for generated in (root / "web", root / profile.cc3m_dir, root / profile.coop_dir):
+        if generated.is_dir():
+            shutil.rmtree(generated)
+    (root / "cc3m_truth.parquet").unlink(missing_ok=True)
     timings = {}
     t0 = time.perf_counter()
     web = write_web_corpus(spec, cfg, root / "web")
