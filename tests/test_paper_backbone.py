@@ -103,3 +103,20 @@ def test_backbone_config_checks_device_and_precision():
         BackboneConfig(precision="fp16")
     with pytest.raises(ValueError, match="backbone.device"):
         BackboneConfig(device="gpu")
+
+
+def test_a_relative_checkpoint_is_the_repositorys_from_any_working_directory(openai_standin, monkeypatch, tmp_path):
+    """params.yaml's paths are repository-relative; notebooks run with notebooks/ as their working directory."""
+    from gramlib.config import REPO
+
+    _, path = openai_standin
+    link = REPO / "cache" / "test-relative-checkpoint.safetensors"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(path)
+    try:
+        cfg = dataclasses.replace(get_profile("paper").backbone, checkpoint="cache/test-relative-checkpoint.safetensors")
+        monkeypatch.chdir(tmp_path)
+        assert resolve_weights(cfg) == link
+    finally:
+        link.unlink()

@@ -194,6 +194,10 @@ def resolve_weights(cfg: BackboneConfig, checkpoint: str | os.PathLike | None = 
     local = checkpoint if checkpoint is not None else cfg.checkpoint
     if local is not None:
         path = Path(local)
+        if not path.is_absolute():  # params.yaml paths are the repository's (notebooks run in notebooks/)
+            from gramlib.config import REPO
+
+            path = REPO / path
         if not path.is_file():
             raise _missing_weights(cfg, f"backbone.checkpoint {path} does not exist")
         return path

@@ -255,6 +255,14 @@ def load_profile_backbone(profile: Profile, device: str | None = None, precision
     return build_backbone(profile.backbone, device=device, precision=precision)
 
 
+def _repo_relative(path: Path) -> str:
+    """A path inside the repository as the repository-relative one params.yaml uses (no machine's prefix)."""
+    from gramlib.config import REPO
+
+    path = Path(path)
+    return path.relative_to(REPO).as_posix() if path.is_absolute() and path.is_relative_to(REPO) else str(path)
+
+
 def pretrain_or_describe(profile: Profile) -> dict:
     """The backbone stage: pre-train a tiny CLIP, or record which pretrained weights are used."""
     from gramlib.clip.factory import TINY_ARCHS
@@ -271,7 +279,7 @@ def pretrain_or_describe(profile: Profile) -> dict:
     model_cfg = open_clip.get_model_config(profile.backbone.arch) or {}
     summary = {"arch": profile.backbone.arch, "pretrained": profile.backbone.pretrained, "seconds": 0.0,
                "image_size": model_cfg.get("vision_cfg", {}).get("image_size"),
-               "final_loss": None, "weights": str(weights) if weights else None,
+               "final_loss": None, "weights": _repo_relative(weights) if weights else None,
                "quick_gelu": uses_quick_gelu(profile.backbone),
                "identity": weights_identity(profile.backbone, weights), "config": asdict(profile.backbone)}
     write_json(out / "backbone.json", summary)
