@@ -35,15 +35,20 @@ def _tree_files(repo: Path) -> list[str]:
     return [f for f in out if f and (repo / f).is_file()]
 
 
-def _dvc(copy: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_in_copy(copy: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``cmd`` in a copy of the repository, with its code first on the path and nothing fetched from a hub."""
     env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("GRAMLIB_DATA_ROOT", None)
     env.pop("GRAMLIB_ARTIFACTS_ROOT", None)
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=copy, env=env, capture_output=True, text=True)
+    res = subprocess.run(list(cmd), cwd=copy, env=env, capture_output=True, text=True)
     if check and res.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
     return res
+
+
+def _dvc(copy: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run_in_copy(copy, sys.executable, "-m", "dvc", *args, check=check)
 
 
 @pytest.fixture(scope="module")

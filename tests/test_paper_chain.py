@@ -11,7 +11,6 @@ params.yaml's `profiles.paper_fixture` only. About 25 minutes on 2 cores: marked
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,24 +20,13 @@ import pytest
 import yaml
 
 from gramlib.config import REPO
-from test_chain import FIGURES, OWN_FIGURES, OWN_TABLES, TABLES, _tree_files
+from test_chain import FIGURES, OWN_FIGURES, OWN_TABLES, TABLES, _tree_files, run_in_copy
 
 pytestmark = pytest.mark.paper_chain
 
 
-def _env(copy: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(copy), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("GRAMLIB_DATA_ROOT", None)
-    env.pop("GRAMLIB_ARTIFACTS_ROOT", None)
-    return env
-
-
 def _run(copy: Path, *cmd: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(list(cmd), cwd=copy, env=_env(copy), capture_output=True, text=True)
-    if res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-8000:]}\n{res.stderr[-8000:]}")
-    return res
+    return run_in_copy(copy, *cmd)
 
 
 @pytest.fixture(scope="module")
