@@ -27,7 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from gramlib.config import REPO, Profile, WorldConfig
-from gramlib.io import atomic_path, write_json, write_npy
+from gramlib.io import atomic_path, file_hash, write_json, write_npy
 from gramlib.world.captions import make_caption
 from gramlib.world.render import STYLES, RenderOptions, render
 from gramlib.world.spec import WorldSpec, load_spec
@@ -222,15 +222,11 @@ def build_world(profile: Profile) -> dict:
         "cc3m": cc3m,
         "datasets": coop,
         "digest": {"web": tree_digest(root / "web"), "cc3m": tree_digest(root / profile.cc3m_dir),
-                   "cc3m_truth": _file_digest(root / "cc3m_truth.parquet"),
+                   "cc3m_truth": file_hash(root / "cc3m_truth.parquet", length=64),
                    "coop": tree_digest(root / profile.coop_dir)},
     }
     write_json(root / "world.json", manifest)  # no timings: the world is a deterministic DVC output
     return {**manifest, "timings": {k: round(v, 2) for k, v in timings.items()}}
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def describe_data(profile: Profile) -> dict:
