@@ -236,8 +236,10 @@ def _split_member(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def _iter_raw(shard: Path, exts: set[str] | None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) per sample, members grouped by consecutive key as webdataset does.
+def _iter_raw(shard: Path, exts: set[str] | None
+              ) -> Iterator[tuple[str, dict[str, bytes], dict[str, tuple[int, int]]]]:
+    """(key, {ext: bytes}, {ext: (offset, size)}) per sample, members grouped by consecutive key as
+    webdataset does; the spans locate each member's bytes in the (uncompressed) tar file.
 
     ``exts`` limits which members are read (the others are seeked over, which keeps
     :func:`read_captions` from touching image bytes).
@@ -248,6 +250,7 @@ def _iter_raw(shard: Path, exts: set[str] | None) -> Iterator[tuple[str, dict[st
         with tarfile.open(shard, "r:") as tf:
             key: str | None = None
             group: dict[str, bytes] = {}
+            spans: dict[str, tuple[int, int]] = {}
             seen: set[str] = set()
             for m in tf:
                 if not m.isfile():
@@ -255,18 +258,19 @@ def _iter_raw(shard: Path, exts: set[str] | None) -> Iterator[tuple[str, dict[st
                 k, ext = _split_member(m.name)
                 if k != key:
                     if key is not None:
-                        yield key, group
+                        yield key, group, spans
                     if k in seen:
                         raise ValueError(f"{shard}: members of sample {k!r} are not contiguous")
                     seen.add(k)
-                    key, group = k, {}
+                    key, group, spans = k, {}, {}
+                spans[ext] = (m.offset_data, m.size)
                 if exts is None or ext in exts:
                     fh = tf.extractfile(m)
                     group[ext] = fh.read() if fh is not None else b""
                 else:
                     group.setdefault(ext, b"")  # record presence only
             if key is not None:
-                yield key, group
+                yield key, group, spans
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"{shard}: corrupt or truncated tar ({exc})") from exc
 
@@ -299,6 +303,28 @@ def _empty(shard: Path, on_empty: str, stats: ReadStats) -> None:
     log.warning("skipping empty shard %s", shard)
 
 
+@dataclass(frozen=True)
+class ImageSpan:
+    """Where a sample's image bytes lie: ``size`` bytes at ``offset`` of the tar file ``shard``.
+
+    A corpus of millions of pairs is held as its spans and decoded per batch (:class:`gramlib.data.corpus.ShardImages`).
+    """
+
+    shard: str
+    offset: int
+    size: int
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decoded RGB image (``load`` first, so a truncated file fails here, not later)."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
 def _log_summary(stats: ReadStats) -> None:
     if stats.skipped_total or stats.empty_shards:
         log.warning("read %d samples from %d shards; skipped %d corrupt image(s), %d bad caption(s), "
@@ -307,12 +333,14 @@ def _log_summary(stats: ReadStats) -> None:
 
 
 def iter_shards(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], decode: bool = True, *,
-                on_empty: str = "skip", on_corrupt: str = "raise",
-                stats: ReadStats | None = None) -> Iterator[tuple[str, Image.Image | bytes, str, dict]]:
+                on_empty: str = "skip", on_corrupt: str = "raise", stats: ReadStats | None = None,
+                spans: bool = False) -> Iterator[tuple[str, Image.Image | bytes | ImageSpan, str, dict]]:
     """Yield ``(key, image, caption, meta)`` in shard order, then tar order.
 
     ``decode=True`` gives a fully decoded RGB ``PIL.Image`` (so a corrupt image is caught here);
-    ``decode=False`` gives the raw bytes and does not check them. A sample whose image is missing
+    ``decode=False`` gives the raw bytes and does not check them. ``spans=True`` yields the image's
+    :class:`ImageSpan` instead (checked by decoding when ``decode``, then released: memory stays one
+    sample's, whatever the corpus). A sample whose image is missing
     or undecodable, or whose caption is missing, empty or not UTF-8 text, raises a ValueError
     naming shard and key, or with ``on_corrupt="skip"`` is dropped and counted in ``stats`` (pass
     your own :class:`ReadStats` to read the counts). Empty shards are skipped with a warning or
@@ -324,7 +352,7 @@ def iter_shards(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], d
     for shard in list_shards(paths_or_dir):
         stats.shards += 1
         n = 0
-        for key, group in _iter_raw(shard, None):
+        for key, group, where in _iter_raw(shard, None):
             n += 1
             ext = next((e for e in IMAGE_EXTS if e in group), None)
             if ext is None:
@@ -334,15 +362,15 @@ def iter_shards(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], d
             if caption is None:
                 _reject(shard, key, "caption missing, empty or not UTF-8 text", "caption", on_corrupt, stats)
                 continue
-            image: Image.Image | bytes = group[ext]
+            image: Image.Image | bytes | ImageSpan = group[ext]
             if decode:
                 try:
-                    with Image.open(io.BytesIO(group[ext])) as im:
-                        im.load()
-                        image = im.convert("RGB")
-                except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                    image = decode_image(group[ext])
+                except DECODE_ERRORS as exc:
                     _reject(shard, key, f"corrupt image .{ext} ({exc})", "image", on_corrupt, stats)
                     continue
+            if spans:
+                image = ImageSpan(str(shard.resolve()), *where[ext])  # absolute: notebooks run elsewhere
             try:
                 meta = json.loads(group["json"]) if "json" in group else {}
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -378,7 +406,7 @@ def read_captions(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike],
     for shard in list_shards(paths_or_dir):
         stats.shards += 1
         n = 0
-        for key, group in _iter_raw(shard, {"txt"}):
+        for key, group, _ in _iter_raw(shard, {"txt"}):
             n += 1
             if not any(e in group for e in IMAGE_EXTS):
                 _reject(shard, key, "no image member", "image", on_corrupt, stats)

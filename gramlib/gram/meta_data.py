@@ -2,13 +2,15 @@
 
 The pool comes from CHC's pairs (the paper), the mini world's ground truth (an oracle) or a labelled
 dataset (the supervised ablation); CoOp-type learners see CC3M image features computed once (the CHC
-stage's cache entry), image-side learners (VPT, UNIGRAM) see image tensors.
+stage's cache entry), image-side learners (VPT, UNIGRAM) see image tensors gathered per step from a
+:class:`~gramlib.data.pixel_bank.PixelBank` (decoded on demand under a memory budget, never the
+whole corpus at once).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,21 @@ import torch
 from torch import Tensor
 
 from gramlib.config import REPO, Profile
+from gramlib.data.pixel_bank import DEFAULT_CACHE_BYTES, PixelBank
 from gramlib.gram.run_config import MetaTrainConfig
 from gramlib.gram.tasks import TaskPool, pool_from_dataset, pool_from_pairs, truth_pairs
 
 @dataclass
 class MetaData:
-    """Items (features (N, D) or images (N, 3, H, W)) and the task pool whose positions index them."""
+    """Items (features (N, D), or a :class:`PixelBank` of images (N, 3, H, W)) and the task pool whose
+    positions index them."""
 
-    bank: Tensor
+    bank: Tensor | PixelBank
     is_features: bool
     pool: TaskPool
     keys: list[str]
     source: str
-    images: list[Any] | None = None  # PIL images (for plots), same order as the bank
+    images: Sequence[Any] | None = None  # images decoded on access (for plots), same order as the bank
 
 
 def load_pairs(profile: Profile, cfg: MetaTrainConfig) -> pd.DataFrame:
@@ -49,20 +53,35 @@ def load_pairs(profile: Profile, cfg: MetaTrainConfig) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _to_pixels(images: Sequence[Any], transform: Callable) -> Tensor:
-    return torch.stack([transform(im) for im in images]) if len(images) else torch.zeros(0, 3, 1, 1)
+class FileImages(Sequence):
+    """Image files decoded on access (the labelled dataset's images for plots)."""
+
+    def __init__(self, paths: Sequence[Any]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from gramlib.data.transforms import load_image
+
+        return [load_image(p) for p in self.paths[i]] if isinstance(i, slice) else load_image(self.paths[i])
 
 
 def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, features: bool,
-                   cache_dir: str | os.PathLike | None = None, keep_images: bool = False) -> MetaData:
-    """Bank + pool for ``cfg.task_source``; CC3M features share the CHC stage's cache entry."""
+                   cache_dir: str | os.PathLike | None = None, keep_images: bool = False,
+                   pixel_cache_bytes: int = DEFAULT_CACHE_BYTES) -> MetaData:
+    """Bank + pool for ``cfg.task_source``; CC3M features share the CHC stage's cache entry.
+
+    Image-side learners get a :class:`PixelBank` holding at most ``pixel_cache_bytes`` of transformed
+    pixels (it changes memory and decode time, never a result).
+    """
     from gramlib.clip.features import encode_images, eval_transform
 
     cache = Path(cache_dir) if cache_dir is not None else REPO / "cache" / "features"
     tf = eval_transform(backbone)
     if cfg.task_source == "labelled":
         from gramlib.data.coop import load_dataset
-        from gramlib.data.transforms import load_image
 
         name = cfg.labelled_dataset or profile.source
         ds = load_dataset(profile.root / profile.coop_dir, name)
@@ -72,8 +91,8 @@ def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, featur
         if features:
             bank = encode_images(backbone, paths, tf, cache, desc=f"{name} features")
         else:
-            bank = _to_pixels([load_image(p) for p in paths], tf)
-        imgs = [load_image(p) for p in paths] if keep_images else None
+            bank = PixelBank(paths, tf, pixel_cache_bytes)
+        imgs = FileImages(paths) if keep_images else None
         return MetaData(bank, features, pool, [str(p) for p in paths], f"labelled:{name}", imgs)
 
     from gramlib.data.corpus import corpus_identity, load_corpus_shared
@@ -90,6 +109,6 @@ def load_meta_data(profile: Profile, cfg: MetaTrainConfig, backbone: Any, featur
         bank = encode_images(backbone, corpus.images, tf, cache, identity=corpus_identity(corpus),  # == CHC's entry
                              desc="CC3M features")[rows]
     else:
-        bank = _to_pixels([corpus.images[i] for i in rows.tolist()], tf)
-    imgs = [corpus.images[i] for i in rows.tolist()] if keep_images else None
+        bank = PixelBank(corpus.images.take(rows.numpy()), tf, pixel_cache_bytes)
+    imgs = corpus.images.take(rows.numpy()) if keep_images else None
     return MetaData(bank, features, pool, list(pairs["key"].astype(str)), cfg.task_source, imgs)
