@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--items", type=int, default=100, help="pairs gathered per step (mini's image-side meta-batch: 100)")
     ap.add_argument("--budget-mb", type=float, default=16.0, help="PixelBank budget of the streaming path")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh subprocesses per (path, size); the median peak is reported")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/stream_rss.json")
     ap.add_argument("--child", nargs=3, metavar=("PATH", "SHARDS", "CACHE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -124,15 +125,21 @@ def main() -> None:
             t = time.perf_counter()
             make_corpus(shard_dir, n, a.px)
             print(f"corpus of {n} pairs written in {time.perf_counter() - t:.1f} s", flush=True)
-            for path in ("streaming", "naive"):
-                cache = Path(tmp) / f"cache_{path}_{n}"  # cold: each run extracts its features
-                out = subprocess.run([sys.executable, __file__, "--child", path, str(shard_dir), str(cache),
-                                      "--steps", str(a.steps), "--items", str(a.items), "--budget-mb", str(a.budget_mb)],
-                                     check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(runs[-1], flush=True)
-    peak = {(r["path"], r["n_pairs"]): r["peak_rss_mb"] for r in runs}
-    grow = {(r["path"], r["n_pairs"]): round(r["peak_rss_mb"] - r["rss_after_imports_mb"], 1) for r in runs}
+            for rep in range(a.repeats):
+                for path in ("streaming", "naive"):
+                    cache = Path(tmp) / f"cache_{path}_{n}_{rep}"  # cold: each run extracts its features
+                    out = subprocess.run([sys.executable, __file__, "--child", path, str(shard_dir), str(cache),
+                                          "--steps", str(a.steps), "--items", str(a.items), "--budget-mb", str(a.budget_mb)],
+                                         check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(runs[-1], flush=True)
+
+    def median(path: str, n: int, f) -> float:
+        return round(float(np.median([f(r) for r in runs if r["path"] == path and r["n_pairs"] == n])), 1)
+
+    keys = [(p, n) for p in ("streaming", "naive") for n in a.sizes]
+    peak = {k: median(*k, lambda r: r["peak_rss_mb"]) for k in keys}
+    grow = {k: median(*k, lambda r: r["peak_rss_mb"] - r["rss_after_imports_mb"]) for k in keys}
     n1, n10 = a.sizes
     s_ratio = peak[("streaming", n10)] / peak[("streaming", n1)]
     v_ratio = peak[("naive", n10)] / peak[("naive", n1)]
@@ -140,7 +147,7 @@ def main() -> None:
         "what": "peak RSS of CHC's image path (load_corpus + encode_images) and of image-side meta-training steps "
                 "(PixelBank gathers) at N and 10N pairs; naive = the replaced code (decoded list + one pixel tensor), "
                 "same run, each in a fresh subprocess",
-        "sizes": [n1, n10], "image_px": a.px, "steps": a.steps, "items_per_step": a.items, "pixel_budget_mb": a.budget_mb,
+        "sizes": [n1, n10], "repeats": a.repeats, "statistic": "median over repeats", "image_px": a.px, "steps": a.steps, "items_per_step": a.items, "pixel_budget_mb": a.budget_mb,
         "streaming_peak_rss_mb": {str(n1): peak[("streaming", n1)], str(n10): peak[("streaming", n10)]},
         "naive_peak_rss_mb": {str(n1): peak[("naive", n1)], str(n10): peak[("naive", n10)]},
         # above the process's footprint after imports and model build (torch alone is ~1 GB of it)
