@@ -150,3 +150,31 @@ def test_labelled_meta_data_is_a_pixel_bank_over_files(smoke):
     from gramlib.clip.features import eval_transform
 
     torch.testing.assert_close(x[0], eval_transform(bb)(data.images[0]), rtol=0, atol=0)
+
+
+def test_pixel_view_bank_gives_the_batches_of_the_whole_tensor(tmp_path):
+    from gramlib.tuning.inputs import PixelViewBank, ViewBank
+
+    make_shards(tmp_path / "cc3m", n=12, shard_size=5)
+    pixels = PixelBank(load_corpus(tmp_path / "cc3m").images, _transform, cache_bytes=0)
+    pos, labels = torch.tensor([5, 0, 7, 7, 11, 3]), torch.tensor([0, 1, 0, 1, 0, 1])
+    lazy, whole = PixelViewBank(pixels, pos, labels), ViewBank(pixels[pos].unsqueeze(0), labels, False)
+    assert len(lazy) == len(whole) == 6 and lazy.n_views == whole.n_views == 1
+    gen = torch.Generator().manual_seed(0)
+    for index in (torch.randperm(6, generator=gen)[:4], torch.arange(6)):
+        for a, b in zip(lazy.batch(index, lazy.epoch_view(gen)), whole.batch(index, whole.epoch_view(gen))):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="positions but"):
+        PixelViewBank(pixels, pos, labels[:3])
+
+
+def test_image_side_pretraining_gathers_pixels_per_batch(smoke, tmp_path):
+    """The "w/o meta-learning" ablation of an image-side learner trains from a PixelViewBank."""
+    from gramlib.gram.pretrain_prompts import PretrainConfig, pretrain_prompts
+    from gramlib.gram.test_time import load_meta_result
+
+    summary = pretrain_prompts(smoke, PretrainConfig(learner="vpt", learner_cfg={"n_tokens": 2}, task_source="truth",
+                                                     epochs=1, batch_size=8, max_items=24), tmp_path)
+    assert summary["n_items"] == 24
+    theta = load_meta_result(tmp_path).theta
+    assert theta and all(torch.isfinite(v).all() for v in theta.values())

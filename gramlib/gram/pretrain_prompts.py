@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gramlib.config import Profile, get_profile, load_params, merge_layers, section_layers, sub_layers, typed
-from gramlib.tuning.inputs import TrainData, ViewBank, class_text_bank
+from gramlib.tuning.inputs import PixelViewBank, TrainData, ViewBank, class_text_bank
 from gramlib.io import save_safetensors, write_json
 from gramlib.gram.meta import MetaConfig
 from gramlib.gram.meta_data import load_meta_data
@@ -89,9 +89,10 @@ def pretrain_prompts(profile: Profile | str, cfg: PretrainConfig, out_dir: str |
     if cfg.max_items is not None and len(idx) > cfg.max_items:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(idx), cfg.max_items, replace=False))
         idx, labels = idx[keep], labels[keep]
-    views = data.bank[torch.as_tensor(idx, dtype=torch.long)].unsqueeze(0)
-    train_data = TrainData(ViewBank(views, torch.as_tensor(labels, dtype=torch.long), data.is_features), names,
-                           class_text_bank(learner, names))
+    idx_t, labels_t = torch.as_tensor(idx, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    bank = (ViewBank(data.bank[idx_t].unsqueeze(0), labels_t, True) if data.is_features  # (N, D) features
+            else PixelViewBank(data.bank, idx_t, labels_t))  # pixels gathered per batch
+    train_data = TrainData(bank, names, class_text_bank(learner, names))
     tcfg = TrainConfig.for_learner(cfg.learner, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                    seed=cfg.seed, warmup_epochs=0)
     res = train_prompt(learner, train_data, tcfg)

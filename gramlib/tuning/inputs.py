@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -100,13 +101,40 @@ class TrainData:
     ``text_features`` is set for learners with ``caches_text_features`` (computed once).
     """
 
-    bank: ViewBank
+    bank: ViewBank | PixelViewBank
     classnames: list[str]
     text_features: Tensor | None = None
     policy: str = "none"
 
     def __len__(self) -> int:
         return len(self.bank)
+
+
+@dataclass
+class PixelViewBank:
+    """One view of N items gathered per batch from a :class:`~gramlib.data.pixel_bank.PixelBank`
+    (the interface of :class:`ViewBank` that training uses): classification over millions of CC3M
+    pairs (the "w/o meta-learning" ablation of an image-side learner) never holds all their pixels."""
+
+    pixels: Any  # PixelBank
+    positions: Tensor  # (N,) rows of ``pixels``
+    labels: Tensor  # (N,) int64
+    is_features: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.positions) != len(self.labels):
+            raise ValueError(f"{len(self.positions)} positions but {len(self.labels)} labels")
+
+    n_views = 1
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def epoch_view(self, generator: torch.Generator) -> Tensor:
+        return torch.zeros(len(self), dtype=torch.long)
+
+    def batch(self, index: Tensor, view: Tensor) -> tuple[Tensor, Tensor]:
+        return self.pixels[self.positions[index]], self.labels[index]
 
 
 def _view_transforms(backbone: Backbone, n_aug: int, scale: tuple[float, float] = (MIN_SCALE, 1.0)) -> list:
@@ -178,4 +206,4 @@ def _check_labels(data: Sequence[Datum], classnames: Sequence[str]) -> None:
                          "(base/new relabelling not applied?)")
 
 
-__all__ = ["TrainData", "ViewBank", "class_text_bank", "eval_inputs", "parse_policy", "policy_scale", "train_inputs", "view_bank"]
+__all__ = ["PixelViewBank", "TrainData", "ViewBank", "class_text_bank", "eval_inputs", "parse_policy", "policy_scale", "train_inputs", "view_bank"]
