@@ -118,6 +118,7 @@ def main() -> None:
         print(json.dumps(child(*a.child, a.steps, a.items, a.budget_mb)))
         return
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     runs = []
     with tempfile.TemporaryDirectory(prefix="stream_rss_") as tmp:
         for n in a.sizes:
@@ -157,7 +158,7 @@ def main() -> None:
         "flat_within_10pct": bool(s_ratio <= 1.10),
         "naive_over_streaming_at_10x": round(peak[("naive", n10)] / peak[("streaming", n10)], 2),
         "runs": runs,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "commit": commit,  # at the start of the run
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
         "note": "2 shared CPU cores; RSS, not time, is the measured quantity (times are indicative)",
     }
