@@ -62,6 +62,16 @@ def test_zeroshot_equals_open_clip(tiny, images):
         torch.testing.assert_close(zs.encode_text({}, CLASSES), txt)
         torch.testing.assert_close(zs.encode_image({}, images), img)
         torch.testing.assert_close(zs(images, CLASSES), model.logit_scale.exp() * img @ txt.t())
+    # ... computed over the positions the prompts use, not the whole context
+    seen = []
+    hook = model.transformer.resblocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    try:
+        with torch.no_grad():
+            zs.encode_text({}, CLASSES)
+    finally:
+        hook.remove()
+    used = int(tok([TEMPLATE.format(c.replace("_", " ")) for c in CLASSES]).argmax(-1).max()) + 1
+    assert seen and all(used in s[:2] and model.context_length not in s[:2] for s in seen)
 
 
 def test_coop_init_reproduces_sentence(tiny):

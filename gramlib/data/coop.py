@@ -354,27 +354,23 @@ def read_classnames(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _read_wnid_folders(split_dir: Path, classnames: Mapping[str, str], cn_file: Path,
-                       ignore: Sequence[str] = (), *, sort_images: bool = True) -> list[Datum]:
+                       ignore: Sequence[str] = (), *, sort_images: bool = True) -> tuple[list[Datum], dict[int, str]]:
     """Folders ``<wnid>/`` sorted, label = rank among the folders present (CoOp's rule: ImageNet-A
     and -R therefore get labels 0..199 in sorted-wnid order). ``sort_images=False`` keeps the file
-    system's listing order inside each folder (CoOp's imagenet.py), which decides ImageNet's shots."""
+    system's listing order inside each folder (CoOp's imagenet.py), which decides ImageNet's shots.
+    Returns the items and label -> class name of every folder, an empty one included."""
     items: list[Datum] = []
+    classes: dict[int, str] = {}
     folders = [f for f in _listdir(split_dir, dirs=True) if f not in ignore]
     if not folders:
         raise ValueError(f"{split_dir}: no class folders")
     for label, folder in enumerate(folders):
         if folder not in classnames:
             raise ValueError(f"{split_dir / folder}: folder {folder!r} has no entry in {cn_file}")
-        cname = clean_classname(classnames[folder])
+        cname = classes[label] = clean_classname(classnames[folder])
         for im in _listdir(split_dir / folder, dirs=False, sort=sort_images):
             items.append(Datum(split_dir / folder / im, label, cname))
-    return items
-
-
-def _folder_classes(split_dir: Path, classnames: Mapping[str, str], ignore: Sequence[str] = ()) -> dict[int, str]:
-    """label -> class name of a ``<wnid>/`` folder layout (the folders sorted, as :func:`_read_wnid_folders`)."""
-    folders = [f for f in _listdir(split_dir, dirs=True) if f not in ignore]
-    return {i: clean_classname(classnames[f]) for i, f in enumerate(folders) if f in classnames}
+    return items, classes
 
 
 def _read_imagenetv2(image_dir: Path, classnames: Mapping[str, str]) -> list[Datum]:
@@ -484,22 +480,19 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
     else:
         cn_file = _classnames_path(root, dataset_dir, spec)
         classnames = read_classnames(cn_file)
-        listed = ({i: clean_classname(c) for i, c in enumerate(classnames.values())} if spec.loader == "imagenetv2"
-                  else _folder_classes(image_dir / "train" if spec.loader == "imagenet" else image_dir,
-                                       classnames, spec.ignore))
-        if spec.loader == "imagenet":
-            train = _read_wnid_folders(image_dir / "train", classnames, cn_file, spec.ignore, sort_images=False)
-            test = _read_wnid_folders(image_dir / "val", classnames, cn_file, spec.ignore, sort_images=False)
+        if spec.loader == "imagenet":  # the classes are train's folders
+            train, listed = _read_wnid_folders(image_dir / "train", classnames, cn_file, spec.ignore, sort_images=False)
+            test, _ = _read_wnid_folders(image_dir / "val", classnames, cn_file, spec.ignore, sort_images=False)
             splits = {"train": train, "val": test, "test": test}
         elif spec.loader == "imagenetv2":
+            listed = {i: clean_classname(c) for i, c in enumerate(classnames.values())}
             splits = {"train": [], "val": [], "test": _read_imagenetv2(image_dir, classnames)}
         else:  # imagenet_folders: a test-only set (CoOp passes it as train_x too; we keep train empty)
-            splits = {"train": [], "val": [],
-                      "test": _read_wnid_folders(image_dir, classnames, cn_file, spec.ignore)}
+            test, listed = _read_wnid_folders(image_dir, classnames, cn_file, spec.ignore)
+            splits = {"train": [], "val": [], "test": test}
     if verify and spec.loader != "split_zhou":
         verify_images([d for k in SPLITS for d in splits[k]], source=dataset_dir)
-    classnames_list, lab2cname = _label_map(spec.name, splits, listed if spec.loader not in ("split_zhou", "fgvc_aircraft")
-                                            else None)
+    classnames_list, lab2cname = _label_map(spec.name, splits, listed)  # listed: {} where a split file names the classes
     return CoopDataset(spec.name, image_dir, list(splits["train"]), list(splits["val"]),
                        list(splits["test"]), classnames_list, lab2cname, spec.fewshot_val)
 
