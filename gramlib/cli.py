@@ -40,6 +40,12 @@ def _ints(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from exc
 
 
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="where units run: local (serially, here) or ray (default: params compute.backend)")
+    p.add_argument("--address", default=None, help="a Ray cluster to join, e.g. auto (default: compute.address)")
+
+
 def _world(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
     from gramlib.world.build import build_world
 
@@ -62,11 +68,11 @@ def _chc(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
 
 
 def _meta_train(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.compute import compute_config
     from gramlib.experiments.meta_runs import ensure_runs
-    from gramlib.experiments.spec import suite_config
 
-    workers = a.workers or suite_config(profile.name, params).workers
-    return ensure_runs(profile, a.runs.split(",") if a.runs else None, workers, params)
+    compute = compute_config(profile.name, params, backend=a.backend, address=a.address)
+    return ensure_runs(profile, a.runs.split(",") if a.runs else None, compute, params)
 
 
 def _meta_run(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
@@ -104,14 +110,16 @@ def _probe(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
 
 
 def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    from gramlib.compute import compute_config
     from gramlib.experiments.spec import suite_config
     from gramlib.experiments.suite import run_experiment
 
     cfg = suite_config(profile.name, params, seeds=a.seeds, shots=a.shots)
+    compute = compute_config(profile.name, params, backend=a.backend, address=a.address)
     out_dir = Path(a.out_dir) if a.out_dir else profile.artifacts / "suite"
     for exp in a.experiment:
         t0 = time.perf_counter()
-        run_experiment(profile, cfg, exp, out_dir / f"{exp}.csv", workers=a.workers, threads=a.threads,
+        run_experiment(profile, cfg, exp, out_dir / f"{exp}.csv", compute=compute, threads=a.threads,
                        progress=lambda s: print(s, flush=True))
         print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -172,7 +180,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     add("chc", _chc, "cross-modal hierarchical clustering (§3.2) of the profile's web corpus")
     p = add("meta-train", _meta_train, "every meta-training run the experiments use (kept while current)")
     p.add_argument("--runs", default=None, help="comma-separated run names (default: all the suite needs)")
-    p.add_argument("--workers", type=int, default=None, help="parallel runs (default: suite.workers)")
+    _compute_args(p)
     p = add("meta-run", _meta_run, "one meta-training run of a variant (no fingerprint; for experiments by hand)")
     p.add_argument("--variant", default="coop_gram", help="a key of meta.variants")
     p.add_argument("--out", default=None, help="default: artifacts/<profile>/meta/<variant>")
@@ -188,7 +196,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated; default: params.yaml seeds")
     p.add_argument("--shots", type=int, default=None, help="override the shots of experiments that follow it")
-    p.add_argument("--workers", type=int, default=None)
+    _compute_args(p)
     p.add_argument("--threads", type=int, default=1)
     p = add("index", _index, "write the reports index (reports/README.md)")
     p.add_argument("--reports", default="reports")

@@ -106,7 +106,7 @@ class Profile:
 
 #: the sections with defaults at the top level of params.yaml that a profile block may overlay
 #: (``profiles.<name>.chc`` is deep-merged over ``chc`` for that profile only, and so on)
-OVERLAYS = ("chc", "meta", "suite", "probe")
+OVERLAYS = ("chc", "meta", "suite", "probe", "compute")
 
 #: (key path in params.yaml, block): one layer of a section, see :func:`section_layers`
 Layer = tuple[str, Mapping]
@@ -135,6 +135,7 @@ class ParamsFile:
     meta: dict[str, Any] = field(default_factory=dict)
     suite: dict[str, Any] = field(default_factory=dict)
     probe: dict[str, Any] = field(default_factory=dict)
+    compute: dict[str, Any] = field(default_factory=dict)  # where units run (gramlib.compute), not what they compute
 
 
 def load_params(path: str | Path = PARAMS) -> dict:

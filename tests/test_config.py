@@ -186,14 +186,19 @@ def test_overlays_merge_over_the_base_section_for_their_profile_only():
     assert (vpt.meta.meta_batch, vpt.meta.lr_theta, vpt.tasks.query, vpt.tasks.ways) == (2, 0.001, 5, 5)
     assert meta_train_config("paper", "vpt_gram", params).meta.meta_batch == 4
     # suite: profiles.smoke.suite over suite
-    assert suite_config("smoke", params).workers == 1 and suite_config("mini", params).workers == 2
+    # compute: profiles.<name>.compute over compute
+    from gramlib.compute import compute_config
+
+    assert compute_config("smoke", params).backend == "local" and compute_config("mini", params).backend == "ray"
+    assert (compute_config("mini", params).num_cpus, compute_config("paper", params).num_cpus) == (2, None)
+    assert compute_config("paper", params).unit.gpus == 0.25 and compute_config("paper", params).meta_unit.gpus == 1
     assert suite_config("smoke", params).experiment("base2new").shots == 2
     assert suite_config("paper", params).experiment("base2new").shots == 16
     # a new overlay acts on its profile alone
-    params["profiles"]["paper"]["suite"] = {"workers": 8, "experiments": {"transfer4": {"shots": 8}}}
+    params["profiles"]["paper"]["suite"] = {"augment": "aug:4", "experiments": {"transfer4": {"shots": 8}}}
     params["profiles"]["mini"]["chc"] = {"filter": {"threshold": 5}}
     params["profiles"]["paper"]["meta"] = {"tasks": {"ways": 4}}
-    assert (suite_config("paper", params).workers, suite_config("mini", params).workers) == (8, 2)
+    assert (suite_config("paper", params).augment, suite_config("mini", params).augment) == ("aug:4", "aug:10:0.5")
     assert suite_config("paper", params).experiment("transfer4").shots == 8
     assert suite_config("paper", params).experiment("transfer4").protocol == "transfer"  # merged, not replaced
     assert (chc_config("mini", params).filter.threshold, chc_config("smoke", params).filter.threshold) == (5.0, 10.0)

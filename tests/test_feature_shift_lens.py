@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gramlib.compute import LOCAL
 from gramlib.config import load_params
 from gramlib.restore import shift_discrepancy
 from gramlib.reporting.restore_analysis import (claim_check, method_summary, rank_correlation, shift_vs_accuracy,
@@ -89,7 +90,7 @@ def test_suite_measures_feature_shifts_of_each_unit(smoke, tmp_path):
                      feature_shift=True, shift_images=8)
     cfg = dataclasses.replace(cfg, experiments={"lens": exp})
     out = tmp_path / "lens.csv"
-    run_experiment(smoke, cfg, "lens", out, workers=1, progress=None)
+    run_experiment(smoke, cfg, "lens", out, compute=LOCAL, progress=None)
     sh = read_shifts(out)
     assert set(sh["method"]) == {"CLIP", "CoOp", "VPT", "IVLP"} and set(sh["split"]) == {"new"}
     assert set(sh["n_images"]) == {8}
@@ -99,10 +100,10 @@ def test_suite_measures_feature_shifts_of_each_unit(smoke, tmp_path):
     assert tot[("VPT", "text")] == 0 and tot[("VPT", "vision")] > 0
     assert tot[("IVLP", "vision")] > 0 and tot[("IVLP", "text")] > 0
     n = len(sh)
-    run_experiment(smoke, cfg, "lens", out, workers=1, progress=None)  # nothing to run, nothing duplicated
+    run_experiment(smoke, cfg, "lens", out, compute=LOCAL, progress=None)  # nothing to run, nothing duplicated
     assert len(read_shifts(out)) == n
     # an experiment without the flag still leaves a (header-only) shifts file for DVC
     plain = dataclasses.replace(exp, name="plain", methods=("CLIP",), feature_shift=False)
     cfg2 = dataclasses.replace(cfg, experiments={"plain": plain})
-    run_experiment(smoke, cfg2, "plain", tmp_path / "plain.csv", workers=1, progress=None)
+    run_experiment(smoke, cfg2, "plain", tmp_path / "plain.csv", compute=LOCAL, progress=None)
     assert shifts_path(tmp_path / "plain.csv").exists() and read_shifts(tmp_path / "plain.csv").empty

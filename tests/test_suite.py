@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gramlib.compute import LOCAL
 from gramlib.config import load_params
 from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
 from gramlib.reporting.index import build_index
@@ -59,8 +60,8 @@ def test_train_split_scores_the_k_shot_training_images(smoke, tmp_path, params):
     plain = Experiment("plain", "base2new", 2, ("CoOp",), (1,), epochs=2, datasets=(ds,), curves=("CoOp",))
     fit = dataclasses.replace(plain, name="fit", train_split=True)
     cfg = dataclasses.replace(cfg, experiments={"plain": plain, "fit": fit})
-    a = run_experiment(smoke, cfg, "plain", tmp_path / "a.csv", workers=1, progress=None)
-    b = run_experiment(smoke, cfg, "fit", tmp_path / "b.csv", workers=1, progress=None)
+    a = run_experiment(smoke, cfg, "plain", tmp_path / "a.csv", compute=LOCAL, progress=None)
+    b = run_experiment(smoke, cfg, "fit", tmp_path / "b.csv", compute=LOCAL, progress=None)
     train = b[b["split"] == "train"]
     n_base = (len(load_dataset(smoke.root / smoke.coop_dir, ds).classnames) + 1) // 2  # CoOp's rule: ceil(C/2)
     assert sorted(train["epoch"]) == [1, 2] and set(train["n_test"]) == {2 * n_base}
@@ -104,7 +105,7 @@ def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_pa
     cfg = dataclasses.replace(suite_config("smoke", params), augment="aug:3")
     exp = Experiment("aug", "base2new", 1, ("CoOp", "VPT"), (1,), epochs=2, datasets=(smoke.datasets[1],))
     run_experiment(smoke, dataclasses.replace(cfg, experiments={"aug": exp}), "aug", tmp_path / "a.csv",
-                   workers=1, progress=None)
+                   compute=LOCAL, progress=None)
     assert seen == ["aug:3", "aug:3"]
     seen.clear()
     params["profiles"]["smoke"]["suite"]["augment"] = "aug:2"
@@ -174,18 +175,18 @@ def test_run_resumes_without_rerunning_finished_units(smoke, tmp_path, params):
     cfg = dataclasses.replace(cfg, experiments={"tiny": exp})
     out = tmp_path / "tiny.csv"
     calls = []
-    rows = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    rows = run_experiment(smoke, cfg, "tiny", out, compute=LOCAL, progress=calls.append)
     assert set(rows["method"]) == {"CLIP", "CoOp"} and set(rows["split"]) == {"base", "new"}
     assert rows[rows["method"] == "CoOp"]["epoch"].max() == 2
     first = out.read_bytes()
     calls.clear()
-    again = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    again = run_experiment(smoke, cfg, "tiny", out, compute=LOCAL, progress=calls.append)
     assert "0 units to run (2 done)" in calls[0] and out.read_bytes() == first
     assert len(again) == len(rows)
     # a CSV without its units file is from an unknown run: it is discarded, not trusted
     (tmp_path / "tiny.csv.units.json").unlink()
     calls.clear()
-    run_experiment(smoke, cfg, "tiny", out, workers=1, progress=calls.append)
+    run_experiment(smoke, cfg, "tiny", out, compute=LOCAL, progress=calls.append)
     assert "2 units to run (0 done)" in calls[0]
 
 
@@ -196,18 +197,18 @@ def test_rows_of_another_configuration_are_not_resumed(smoke, tmp_path, params):
     exp = Experiment("tiny", "base2new", 2, ("CoOp",), (1,), epochs=2, datasets=(smoke.datasets[1],))
     cfg = dataclasses.replace(cfg, experiments={"tiny": exp})
     out = tmp_path / "tiny.csv"
-    first = run_experiment(smoke, cfg, "tiny", out, workers=1, progress=None)
+    first = run_experiment(smoke, cfg, "tiny", out, compute=LOCAL, progress=None)
     calls: list[str] = []
     edited = dataclasses.replace(cfg, methods={**cfg.methods, "CoOp": MethodSpec("CoOp", learner="coop",
                                                                                  learner_opts={"n_ctx": 2})})
-    again = run_experiment(smoke, edited, "tiny", out, workers=1, progress=calls.append)
+    again = run_experiment(smoke, edited, "tiny", out, compute=LOCAL, progress=calls.append)
     assert "1 units to run (0 done)" in calls[0] and len(again) == len(first)
     calls.clear()
     retrained = dataclasses.replace(edited, train={**edited.train, "coop": {**edited.train.get("coop", {}), "lr": 0.01}})
-    run_experiment(smoke, retrained, "tiny", out, workers=1, progress=calls.append)
+    run_experiment(smoke, retrained, "tiny", out, compute=LOCAL, progress=calls.append)
     assert "1 units to run (0 done)" in calls[0]
     calls.clear()
-    run_experiment(smoke, retrained, "tiny", out, workers=1, progress=calls.append)  # unchanged: resumed
+    run_experiment(smoke, retrained, "tiny", out, compute=LOCAL, progress=calls.append)  # unchanged: resumed
     assert "0 units to run (1 done)" in calls[0]
 
 
@@ -216,7 +217,7 @@ def test_missing_meta_run_fails_before_training(smoke, tmp_path, params):
     cfg = dataclasses.replace(cfg, methods={**cfg.methods, "Ghost": MethodSpec("Ghost", meta="no_such_run")},
                               experiments={"g": Experiment("g", "base2new", 2, ("Ghost",), (1,))})
     with pytest.raises(FileNotFoundError, match="no_such_run"):
-        run_experiment(smoke, cfg, "g", tmp_path / "g.csv", workers=1, progress=None)
+        run_experiment(smoke, cfg, "g", tmp_path / "g.csv", compute=LOCAL, progress=None)
 
 
 # ---- meta runs ---------------------------------------------------------------------------------------

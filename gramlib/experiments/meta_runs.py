@@ -8,7 +8,10 @@ code of the method, the backbone and the CHC pairs) differs from the one stored 
 run. So a `dvc repro` after an edit retrains exactly the runs the edit touches, a killed stage resumes
 from each run's checkpoint, and no finished run is mistaken for a current one.
 
-CLI: ``gramlib meta-train --profile mini [--workers 2]``.
+Runs go through :mod:`gramlib.compute` (serially, or as Ray tasks of ``compute.meta_unit`` resources),
+image-side runs first; each writes its own folder, so a retried run resumes from its checkpoint.
+
+CLI: ``gramlib meta-train --profile mini [--backend ray]``.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import multiprocessing as mp
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gramlib.compute import ComputeConfig, compute_config, map_units
 from gramlib.config import REPO, Profile, load_params
 from gramlib.code_deps import code_hash
 from gramlib.experiments.spec import PRETRAIN_SUFFIX, suite_config
@@ -134,21 +136,24 @@ def longest_first(profile: Profile, names: Sequence[str], params: dict | None = 
     return sorted(names, key=lambda n: not image_side(n))
 
 
-def _train_in_worker(profile: Profile, name: str) -> dict[str, Any]:
+def _train_in_worker(job: tuple[Profile, str, dict | None]) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
-    return train_run(profile, name)
+    return train_run(*job)
 
 
-def ensure_runs(profile: Profile, names: Sequence[str] | None = None, workers: int = 1,
+def ensure_runs(profile: Profile, names: Sequence[str] | None = None, compute: ComputeConfig | None = None,
                 params: dict | None = None) -> list[dict[str, Any]]:
-    """Train every run in ``names`` (default: the profile's required runs) that is not current."""
+    """Train every run in ``names`` (default: the profile's required runs) that is not current.
+
+    ``compute``: where the runs go (default: the profile's ``compute`` block); summaries in run order."""
     names = list(names) if names is not None else required_runs(profile.name, params)
     todo = [n for n in names if not is_current(profile, n, params)]
     log.info("meta runs: %d needed, %d to train: %s", len(names), len(todo), todo)
     if not todo:
         return []
     todo = longest_first(profile, todo, params)
-    if workers <= 1 or len(todo) == 1:
-        return [train_run(profile, n, params) for n in todo]
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_train_in_worker, [profile] * len(todo), todo))
+    compute = compute if compute is not None else compute_config(profile.name, params)
+    done: dict[str, dict[str, Any]] = {}
+    map_units(_train_in_worker, [(profile, n, params) for n in todo], lambda job, s: done.__setitem__(job[1], s),
+              compute, resources=compute.meta_unit)
+    return [done[n] for n in todo]

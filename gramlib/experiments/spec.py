@@ -100,7 +100,6 @@ class SuiteConfig:
     methods: dict[str, MethodSpec]
     experiments: dict[str, Experiment]
     train: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-learner TrainConfig overrides of this profile
-    workers: int = 2
     tables: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table6/table7: rows in paper order
     # training inputs of every tuning run: "aug:N" = CoCoOp's random resized crop + flip as N views drawn
     # once (image features cached on disk), one view per image per epoch; "none" = the eval transform

@@ -14,9 +14,11 @@ optional overrides (epochs, evaluation frequency). ``transfer`` trains once on t
 evaluates on its shifted variants (rows labelled ``cross_domain``) and on every other dataset
 (``cross_dataset``): Tables 2 and 3 (or 4 and 5) come from the same runs, as in the paper.
 
-Units (method, seed, dataset) run in ``workers`` processes with one torch thread each; the rows of a
-finished unit are appended to the output CSV at once and its key to ``<out>.units.json``, so a
-killed run resumes where it stopped and loses one unit per worker at most.
+Units (method, seed, dataset) run through :mod:`gramlib.compute`: serially in this process
+(``compute.backend: local``) or as Ray tasks with one torch thread each (``ray``: a local cluster or a
+remote one), largest first. Only this process writes: the rows of a finished unit are appended to the
+output CSV when its result arrives and its key to ``<out>.units.json``, so a killed run resumes where
+it stopped, and a worker killed mid-unit (Ray re-runs its task) neither loses nor duplicates a row.
 
 CLI::
 
@@ -27,17 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from gramlib.compute import ComputeConfig, compute_config, map_units
 from gramlib.config import Profile, get_profile, load_params
 from gramlib.experiments.spec import Experiment, MethodSpec, SuiteConfig, suite_config
 from gramlib.io import read_json, stable_hash, write_json
@@ -174,25 +175,29 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
 
 
 # ------------------------------------------------------------------------------------------------
-# parallel execution with resume
+# execution (gramlib.compute) with resume
 
-_ENV: Any = None
+_ENV: Any = None  # the worker's environment (backbone, datasets), loaded once per process
+_MACHINE: dict[str, Any] = {}  # the worker's machine record (provenance: where a unit's numbers come from)
 
 
 def _worker_init(profile: Profile, threads: int) -> None:
     import torch
 
-    global _ENV
+    global _ENV, _MACHINE
     torch.set_num_threads(threads)
     from gramlib.experiments.protocols import load_env
+    from gramlib.reporting.provenance import machine_info
 
     _ENV = load_env(profile)
+    _MACHINE = machine_info()  # torch_threads == threads: each worker runs with ``threads`` intra-op threads
 
 
-def _worker_run(cfg: SuiteConfig, unit: Unit) -> tuple[Unit, list[dict[str, Any]], list[dict[str, Any]], float]:
+def _worker_run(job: tuple[SuiteConfig, Unit]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, dict[str, Any]]:
+    cfg, unit = job
     t0 = time.perf_counter()
     rows, shifts = run_suite_unit(_ENV, cfg, unit)
-    return unit, rows, shifts, time.perf_counter() - t0
+    return rows, shifts, time.perf_counter() - t0, _MACHINE
 
 
 # relative CPU cost of one unit by learner (mini profile, measured): image-side learners run the image
@@ -215,7 +220,7 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
 
 
 def longest_first(todo: list[Unit], cfg: SuiteConfig, profile_name: str, params: dict | None = None) -> list[Unit]:
-    """Units ordered by expected cost, largest first (stable): with a pool of workers the last unit
+    """Units ordered by expected cost, largest first (stable): with several workers the last unit
     to finish is a short one, so the stage's tail is not one worker idling beside a long unit."""
     from gramlib.learners import tunes_image_tower
 
@@ -306,9 +311,11 @@ def experiment_fingerprint(profile: Profile, cfg: SuiteConfig, name: str) -> dic
 
 
 def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.PathLike, *,
-                   workers: int | None = None, threads: int = 1,
+                   compute: ComputeConfig | None = None, threads: int = 1,
                    progress: Callable[[str], None] | None = print) -> pd.DataFrame:
-    """Run every unit of experiment ``name`` not yet in ``out``; returns all rows of ``out``."""
+    """Run every unit of experiment ``name`` not yet in ``out``; returns all rows of ``out``.
+
+    ``compute``: where the units run (default: the profile's ``compute`` block)."""
     from gramlib.experiments.protocols import COLUMNS, append_rows
 
     exp = cfg.experiment(name)
@@ -326,17 +333,18 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
         shifts_path(out).unlink(missing_ok=True)
     todo = [u for u in units(profile, exp) if u.key not in done]
     todo = longest_first(todo, cfg, profile.name)
-    from gramlib.reporting.provenance import machine_info
-
-    machines = read_machines(out) if done else []
-    here = {**machine_info(), "torch_threads": threads}  # each worker runs with ``threads`` intra-op threads
-    if todo and here not in machines:
-        machines.append(here)
-    n_workers = max(1, min(workers or cfg.workers, len(todo) or 1))
+    machines = read_machines(out) if done else []  # each unit's result adds its worker's machine
+    compute = compute if compute is not None else compute_config(profile.name)
     say = progress or (lambda s: None)
-    say(f"{name}: {len(todo)} units to run ({len(done)} done), {n_workers} worker(s)")
+    say(f"{name}: {len(todo)} units to run ({len(done)} done), backend {compute.backend}"
+        + (f" ({compute.address or 'local cluster'})" if compute.backend == "ray" else ""))
 
-    def record(unit: Unit, rows: list[dict[str, Any]], shifts: list[dict[str, Any]], secs: float) -> None:
+    def record(job: tuple[SuiteConfig, Unit], result: tuple[list[dict[str, Any]], list[dict[str, Any]], float, dict]) -> None:
+        unit, (rows, shifts, secs, machine) = job[1], result
+        if unit.key in done:  # cannot happen (one result per unit); guards the exactly-once promise
+            raise RuntimeError(f"unit {unit.key} reported twice")
+        if machine not in machines:
+            machines.append(machine)
         if shifts:
             append_rows(shifts_path(out), shifts, columns=SHIFT_COLUMNS)
         append_rows(out, rows)
@@ -350,19 +358,9 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
         accs = ", ".join(f"{k}={v:.1f}" for k, v in seen.items())
         say(f"  {time.strftime('%H:%M:%S')} {unit.method} seed={unit.seed} {unit.dataset} ({secs:.1f}s): {accs[:160]}")
 
-    if n_workers == 1:
-        _worker_init(profile, threads)
-        for u in todo:
-            record(*_worker_run(cfg, u))
-    else:
-        ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(profile, threads)) as pool:
-            pending = {pool.submit(_worker_run, cfg, u) for u in todo}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    record(*f.result())  # a failed unit raises here; finished units are kept
+    # a failed unit raises in map_units; the units recorded before it are kept
+    map_units(_worker_run, [(cfg, u) for u in todo], record, compute, setup=_worker_init, setup_args=(profile, threads),
+              resources=compute.unit)
     if not shifts_path(out).exists():
         pd.DataFrame(columns=SHIFT_COLUMNS).to_csv(shifts_path(out), index=False)
     if not out.exists():
@@ -418,7 +416,7 @@ def experiment_shifts(profile: Profile | str, name: str, *, seeds: Sequence[int]
 
 
 def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] | None = None,
-                    shots: int | None = None, run: bool = False, workers: int | None = None,
+                    shots: int | None = None, run: bool = False, compute: ComputeConfig | None = None,
                     params: dict | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The rows of one experiment and their provenance stamp, for the table and figure notebooks.
 
@@ -430,7 +428,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
     complete = read_done(path) >= {u.key for u in units(prof, exp)}
     if run and not complete:
         run_experiment(prof, dataclasses.replace(cfg, experiments={**cfg.experiments, name: exp}), name, path,
-                       workers=workers)
+                       compute=compute)
     elif not complete:
         hint = (f"dvc repro suite@{name}" if path == results_path(prof, exp)
                 else f"run=True (gramlib suite --experiment {name} with these seeds/shots)")

@@ -1,0 +1,106 @@
+"""The smoke suite's units serially, and through Ray with 1 and 2 workers, in one run (issue 17).
+
+Why: the grid of the paper profile is hundreds of independent units; Ray is how it spreads over the
+GPUs of a node or a cluster. This measures what Ray costs and gives on one machine: units per second
+serially in-process (the baseline, same process, same units), on a local Ray cluster of 1 CPU and of
+2 CPUs (one unit per CPU), and the 2-vs-1 speed-up. Each Ray figure includes the cluster's start-up
+and each worker's set-up (backbone and datasets loaded once per worker process), as a stage pays them;
+``ray_start_s`` says how much of it that was. Every path computes the same rows (checked here, as in
+``tests/test_ray.py``).
+
+    python benchmarks/ray_scaling.py                   # -> benchmarks/results/ray_scaling.json
+    python benchmarks/ray_scaling.py --seeds 1 --out /tmp/x.json
+
+A smoke world and its tiny CLIP are built first in a temporary folder (about 2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=["CLIP", "CoOp", "VPT"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ray_scaling.json")
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+
+    import pandas as pd
+    import ray
+
+    from gramlib.clip.pretrain import pretrain_or_describe
+    from gramlib.compute import LOCAL, ComputeConfig
+    from gramlib.config import load_params
+    from gramlib.experiments.suite import Experiment, run_experiment, suite_config, units
+    from gramlib.world.build import build_world
+    from smoke import smoke_profile
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="ray_scaling_") as tmp:
+        prof = smoke_profile(Path(tmp))
+        t = time.perf_counter()
+        build_world(prof)
+        pretrain_or_describe(prof)
+        print(f"smoke world and backbone: {time.perf_counter() - t:.0f} s", flush=True)
+        cfg = suite_config("smoke", load_params())
+        exp = Experiment("bench", "base2new", 2, tuple(a.methods), tuple(a.seeds), epochs=2)
+        cfg = dataclasses.replace(cfg, experiments={"bench": exp})
+        n_units = len(units(prof, exp))
+        runs: dict[str, dict] = {}
+        rows: dict[str, pd.DataFrame] = {}
+        for name, compute in (("serial", LOCAL), ("ray1", ComputeConfig(backend="ray", num_cpus=1)),
+                              ("ray2", ComputeConfig(backend="ray", num_cpus=2))):
+            start_s = None
+            if compute.backend == "ray":  # the cluster's own start-up, measured apart (map_units reuses it)
+                t = time.perf_counter()
+                ray.init(num_cpus=compute.num_cpus, include_dashboard=False, object_store_memory=100 * 2**20,
+                         logging_level="WARNING")
+                start_s = time.perf_counter() - t
+            t = time.perf_counter()
+            rows[name] = run_experiment(prof, cfg, "bench", Path(tmp) / f"{name}.csv", compute=compute, progress=None)
+            secs = time.perf_counter() - t
+            if compute.backend == "ray":
+                ray.shutdown()
+            total = secs + (start_s or 0.0)
+            runs[name] = {"units": n_units, "seconds": round(total, 1), "ray_start_s": None if start_s is None else round(start_s, 1),
+                          "units_per_s": round(n_units / total, 4)}
+            print(name, runs[name], flush=True)
+    key = ["method", "seed", "dataset", "split", "epoch"]
+    same = all(rows[n].drop(columns="runtime_s").sort_values(key).reset_index(drop=True)
+               .equals(rows["serial"].drop(columns="runtime_s").sort_values(key).reset_index(drop=True)) for n in ("ray1", "ray2"))
+    result = {
+        "what": f"smoke base2new units ({', '.join(a.methods)}; seeds {a.seeds}; 2 epochs): serially in-process, "
+                "then on a local Ray cluster of 1 and of 2 CPUs (start-up included), same run",
+        "serial_units_per_s": runs["serial"]["units_per_s"], "ray1_units_per_s": runs["ray1"]["units_per_s"],
+        "ray2_units_per_s": runs["ray2"]["units_per_s"],
+        "speedup_2v1": round(runs["ray2"]["units_per_s"] / runs["ray1"]["units_per_s"], 2),
+        "ray2_vs_serial": round(runs["ray2"]["units_per_s"] / runs["serial"]["units_per_s"], 2),
+        "same_rows": bool(same), "runs": runs, "commit": commit,
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "gpu": "not measured: no GPU was lent to this session (device status 'not drawn'); "
+               "benchmarks/gpu_paper_profile.py measures ViT-B/16 feature extraction when one is",
+        "note": "2 shared CPU cores: the 2-CPU cluster competes with the driver and Ray's own processes",
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
