@@ -1,0 +1,93 @@
+"""Issue 17, item 2: per-shard image features, locally and on Ray Data, resumable shard by shard."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures import raw_tar
+from gramlib.data.shard_features import extract_shard_features, load_shard_features
+
+
+@pytest.fixture(scope="module")
+def shards(smoke, tmp_path_factory) -> list[Path]:
+    """Two of the smoke world's shards (500 pairs each) and one with a corrupt image between good ones."""
+    d = tmp_path_factory.mktemp("cc3m")
+    src = sorted((smoke.root / smoke.cc3m_dir).glob("*.tar"))[:2]
+    for p in src:
+        shutil.copy(p, d / p.name)
+    import tarfile
+
+    with tarfile.open(src[0]) as tf:  # two good samples of the first shard, around a broken one
+        members = [m for m in tf if m.isfile()][:6]
+        good = [(f"9{m.name}", tf.extractfile(m).read()) for m in members]
+    raw_tar(d / "00002.tar", good[:3] + [("900000000.jpg", b"not a jpeg"), ("900000000.txt", b"a broken one")] + good[3:])
+    return sorted(d.glob("*.tar"))
+
+
+def _single_process(smoke, shard_dir: Path) -> tuple[np.ndarray, list[str]]:
+    from gramlib.clip.features import encode_images, eval_transform
+    from gramlib.clip.pretrain import load_profile_backbone
+    from gramlib.data.corpus import load_corpus
+
+    corpus = load_corpus(shard_dir)
+    bb = load_profile_backbone(smoke)
+    return encode_images(bb, corpus.images, eval_transform(bb), None, identity=[]).numpy(), corpus.keys
+
+
+def test_local_extraction_equals_the_single_process_features(smoke, shards, tmp_path):
+    res = extract_shard_features(smoke, shards, tmp_path / "feat", batch_size=128)
+    assert res.computed == [p.name for p in shards] and not res.reused
+    assert res.skipped == [("00002.tar", "900000000", res.skipped[0][2])] and "corrupt image" in res.skipped[0][2]
+    feats, keys = load_shard_features(tmp_path / "feat", shards)
+    ref, ref_keys = _single_process(smoke, shards[0].parent)
+    assert keys == ref_keys and isinstance(feats, np.memmap)
+    np.testing.assert_allclose(feats, ref, atol=1e-6, rtol=0)
+
+
+def test_a_killed_extraction_resumes_with_no_shard_done_twice(smoke, shards, tmp_path):
+    out = tmp_path / "feat"
+    first = extract_shard_features(smoke, shards, out, stop_after=1)  # "killed" after its first shard
+    assert len(first.computed) == 1
+    second = extract_shard_features(smoke, shards, out)
+    assert second.reused == first.computed and set(second.computed).isdisjoint(first.computed)
+    assert sorted(first.computed + second.computed) == [p.name for p in shards]
+    assert extract_shard_features(smoke, shards, out).computed == []  # all done
+    os.utime(shards[1])  # a rewritten shard is computed again, alone
+    assert extract_shard_features(smoke, shards, out).computed == [shards[1].name]
+
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1])] + ([old] if old else []))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def test_ray_data_extraction_equals_the_single_process_features_and_resumes(cluster, smoke, shards, tmp_path):
+    from gramlib.compute import ComputeConfig
+
+    cfg = ComputeConfig(backend="ray", num_cpus=2)
+    out = tmp_path / "feat"
+    first = extract_shard_features(smoke, shards, out, compute=cfg, batch_size=96, stop_after=1)
+    assert len(first.computed) == 1
+    second = extract_shard_features(smoke, shards, out, compute=cfg, batch_size=96)
+    assert set(second.computed).isdisjoint(first.computed) and sorted(first.computed + second.computed) == [p.name for p in shards]
+    assert ("00002.tar", "900000000") in [s[:2] for s in first.skipped + second.skipped]
+    feats, keys = load_shard_features(out, shards)
+    ref, ref_keys = _single_process(smoke, shards[0].parent)
+    assert keys == ref_keys
+    np.testing.assert_allclose(feats, ref, atol=1e-6, rtol=0)
