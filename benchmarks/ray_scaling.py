@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +26,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
+
+from _record import git_commit, machine, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     from gramlib.world.build import build_world
     from smoke import smoke_profile
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     with tempfile.TemporaryDirectory(prefix="ray_scaling_") as tmp:
         prof = smoke_profile(Path(tmp))
         t = time.perf_counter()
@@ -92,14 +92,12 @@ def main() -> None:
         "speedup_2v1": round(runs["ray2"]["units_per_s"] / runs["ray1"]["units_per_s"], 2),
         "ray2_vs_serial": round(runs["ray2"]["units_per_s"] / runs["serial"]["units_per_s"], 2),
         "same_rows": bool(same), "runs": runs, "commit": commit,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": machine(),
         "gpu": "not measured: no GPU was lent to this session (device status 'not drawn'); "
                "benchmarks/gpu_paper_profile.py measures ViT-B/16 feature extraction when one is",
         "note": "2 shared CPU cores: the 2-CPU cluster competes with the driver and Ray's own processes",
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    write_result(a.out, result)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _record import git_commit, machine, write_result  # noqa: E402
 
 
 def make_corpus(out_dir: Path, n: int, px: int, seed: int = 0) -> None:
@@ -118,7 +120,7 @@ def main() -> None:
         print(json.dumps(child(*a.child, a.steps, a.items, a.budget_mb)))
         return
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     runs = []
     with tempfile.TemporaryDirectory(prefix="stream_rss_") as tmp:
         for n in a.sizes:
@@ -159,12 +161,10 @@ def main() -> None:
         "naive_over_streaming_at_10x": round(peak[("naive", n10)] / peak[("streaming", n10)], 2),
         "runs": runs,
         "commit": commit,  # at the start of the run
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "note": "2 shared CPU cores; RSS, not time, is the measured quantity (times are indicative)",
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    write_result(a.out, result)
 
 
 if __name__ == "__main__":

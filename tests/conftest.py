@@ -35,3 +35,22 @@ def smoke(tmp_path_factory):
     pretrain_or_describe(prof)
     assert (backbone_dir(prof) / "backbone.safetensors").exists()
     return prof
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for one test module (gramlib.compute reuses a running session).
+    Its workers inherit this environment, so they import the checkout's gramlib and the tests' helpers."""
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray")
+    here = Path(__file__).parent
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent)] + ([old] if old else []))
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,22 +18,6 @@ ray = pytest.importorskip("ray")
 from gramlib.compute import LOCAL, ComputeConfig, UnitResources, compute_config, map_units  # noqa: E402
 
 RAY = ComputeConfig(backend="ray", num_cpus=2, max_retries=2)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster of 2 CPUs for the module (map_units reuses a running session). Its workers
-    inherit this environment, so they import the tests' helpers and the checkout's gramlib."""
-    here = str(Path(__file__).parent)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([here, str(Path(__file__).parents[1])] + ([old] if old else []))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 # module-level: Ray ships functions by reference to this module
@@ -49,7 +32,7 @@ def _square(x: int) -> tuple[int, int, int]:
     return x * x + _SETUPS[-1], os.getpid(), len(_SETUPS)
 
 
-def test_map_units_on_ray_equals_local_and_sets_up_once_per_worker(cluster):
+def test_map_units_on_ray_equals_local_and_sets_up_once_per_worker(ray_cluster):
     items = list(range(12))
     local: dict[int, tuple] = {}
     map_units(_square, items, lambda i, r: local.__setitem__(i, r), LOCAL, setup=_setup, setup_args=(100,))
@@ -66,7 +49,7 @@ def test_map_units_on_ray_equals_local_and_sets_up_once_per_worker(cluster):
     assert all(r[2] == 1 for r in got.values())  # each worker process ran the set-up once, whatever it ran after
 
 
-def test_a_killed_worker_has_its_unit_rerun_and_recorded_once(cluster, tmp_path):
+def test_a_killed_worker_has_its_unit_rerun_and_recorded_once(ray_cluster, tmp_path):
     cfg = dataclasses.replace(RAY, fault_dir=str(tmp_path / "faults"))
     items = list(range(4))
     calls: list[int] = []
@@ -81,7 +64,7 @@ def _boom(x: int) -> int:
     return x
 
 
-def test_a_unit_that_raises_is_not_retried_and_raises_in_the_driver(cluster):
+def test_a_unit_that_raises_is_not_retried_and_raises_in_the_driver(ray_cluster):
     seen: list[int] = []
     with pytest.raises(ray.exceptions.RayTaskError, match="unit 3 is broken"):
         map_units(_boom, [0, 1, 2, 3], lambda i, r: seen.append(i), RAY)
@@ -93,7 +76,7 @@ def _rows(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep].sort_values(["method", "seed", "dataset", "split", "epoch"]).reset_index(drop=True)
 
 
-def test_a_smoke_experiment_through_ray_gives_the_serial_rows_even_after_kills(cluster, smoke, tmp_path):
+def test_a_smoke_experiment_through_ray_gives_the_serial_rows_even_after_kills(ray_cluster, smoke, tmp_path):
     from gramlib.config import load_params
     from gramlib.compute import fault_marker
     from gramlib.experiments.suite import Experiment, longest_first, read_done, run_experiment, suite_config, units

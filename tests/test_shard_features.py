@@ -61,23 +61,7 @@ def test_a_killed_extraction_resumes_with_no_shard_done_twice(smoke, shards, tmp
     assert extract_shard_features(smoke, shards, out).computed == [shards[1].name]
 
 
-ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1])] + ([old] if old else []))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 2**20, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
-
-
-def test_ray_data_extraction_equals_the_single_process_features_and_resumes(cluster, smoke, shards, tmp_path):
+def test_ray_data_extraction_equals_the_single_process_features_and_resumes(ray_cluster, smoke, shards, tmp_path):
     from gramlib.compute import ComputeConfig
 
     cfg = ComputeConfig(backend="ray", num_cpus=2)
