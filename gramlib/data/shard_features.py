@@ -218,9 +218,11 @@ def _extract_ray(profile: Any, todo: list[Path], out: Path, compute: Any, batch_
 
 
 def _pretrained_image_size(profile: Any) -> int:
-    from gramlib.clip.pretrain import load_profile_backbone
+    """The input size from open_clip's model config: the driver needs no weights to size its decoders."""
+    import open_clip
 
-    return load_profile_backbone(profile, device="cpu", precision="fp32").image_size
+    size = open_clip.get_model_config(profile.backbone.arch)["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def load_shard_features(out_dir: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str]]:
