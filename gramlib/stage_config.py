@@ -60,9 +60,10 @@ def backbone(profile: Profile, params: dict) -> dict:
 
 
 def chc(profile: Profile, params: dict) -> dict:
-    from gramlib.chc.stage import chc_config, text_config
+    from gramlib.chc.stage import chc_config, extraction_config, text_config
 
-    return {"chc": _asdict(chc_config(profile.name, params)), "text": _asdict(text_config(profile.name, params))}
+    return {"chc": _asdict(chc_config(profile.name, params)), "text": _asdict(text_config(profile.name, params)),
+            "extraction": _asdict(extraction_config(profile.name, params))}
 
 
 def meta_train(profile: Profile, params: dict) -> dict:

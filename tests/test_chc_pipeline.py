@@ -172,6 +172,47 @@ def test_repeated_captions_are_encoded_once(tmp_path):
     assert not list(tmp_path.glob("*.distinct.npy"))  # the side file is gone
 
 
+def test_a_killed_caption_embedding_resumes_with_no_chunk_encoded_twice(tmp_path):
+    class Counting:
+        gram_model_name = "counting"
+
+        def __init__(self):
+            self.seen: list[str] = []
+
+        def encode(self, chunk, **kw):
+            self.seen += list(chunk)
+            return np.stack([np.array([len(c), ord(c[-1]), 1.0], dtype=np.float32) for c in chunk])
+
+    caps = [f"caption {i % 23}" for i in range(60)]  # 23 distinct: 6 chunks of 4
+    first = Counting()
+    with pytest.raises(InterruptedError):
+        embed_captions(caps, first, tmp_path, chunk_size=4, stop_after=2, show_progress_bar=False)
+    assert len(first.seen) == 8 and len(list(tmp_path.glob("emb-*.parts/*.npy"))) == 2
+    assert not list(tmp_path.glob("emb-*.npy"))  # no joined file from a killed job
+    second = Counting()
+    out = np.asarray(embed_captions(caps, second, tmp_path, chunk_size=4, show_progress_bar=False))
+    assert len(second.seen) == 15 and set(first.seen).isdisjoint(second.seen)  # the rest, each once
+    expected = np.stack([np.array([len(c), ord(c[-1]), 1.0], dtype=np.float32) for c in caps])
+    assert np.array_equal(out, expected)
+    assert not list(tmp_path.glob("emb-*.parts"))  # parts joined and removed
+
+
+@pytest.mark.timeout(600)
+def test_caption_embeddings_on_ray_data_equal_the_in_process_ones(ray_cluster, encoder, world, tmp_path):
+    from gramlib.chc.ray_embed import ray_chunk_encoder
+    from gramlib.compute import ComputeConfig
+
+    caps = world["captions"][:48]
+    ref = np.asarray(embed_captions(caps, encoder, None, chunk_size=10, show_progress_bar=False))
+    run = ray_chunk_encoder("all-MiniLM-L6-v2", ComputeConfig(backend="ray", num_cpus=2))
+    with pytest.raises(InterruptedError):  # killed after one chunk, then resumed
+        embed_captions(caps, encoder, tmp_path, chunk_size=10, encode_chunks=run, stop_after=1, show_progress_bar=False)
+    assert len(list(tmp_path.glob("emb-*.parts/*.npy"))) == 1
+    out = embed_captions(caps, encoder, tmp_path, chunk_size=10, encode_chunks=run, show_progress_bar=False)
+    assert isinstance(out, np.memmap)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-6, rtol=0)
+
+
 def test_unknown_encoder_never_downloads():
     with pytest.raises(RuntimeError, match="never downloads"):
         load_sentence_encoder("someone/not-cached-model-xyz")

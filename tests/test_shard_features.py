@@ -61,6 +61,7 @@ def test_a_killed_extraction_resumes_with_no_shard_done_twice(smoke, shards, tmp
     assert extract_shard_features(smoke, shards, out).computed == [shards[1].name]
 
 
+@pytest.mark.timeout(600)
 def test_ray_data_extraction_equals_the_single_process_features_and_resumes(ray_cluster, smoke, shards, tmp_path):
     from gramlib.compute import ComputeConfig
 
@@ -75,3 +76,19 @@ def test_ray_data_extraction_equals_the_single_process_features_and_resumes(ray_
     ref, ref_keys = _single_process(smoke, shards[0].parent)
     assert keys == ref_keys
     np.testing.assert_allclose(feats, ref, atol=1e-6, rtol=0)
+
+
+def test_chc_per_shard_features_equal_the_single_pass(smoke, shards, tmp_path):
+    """The CHC stage's two local extraction modes give the same image features in corpus order."""
+    from gramlib.chc.stage import ExtractionConfig, backbone_features
+    from gramlib.data.corpus import load_corpus
+
+    corpus = load_corpus(shards[0].parent)
+    img, txt = backbone_features(smoke, corpus, tmp_path / "a")
+    img2, txt2 = backbone_features(smoke, corpus, tmp_path / "b", ExtractionConfig(per_shard=True, batch_size=100))
+    assert len(list((tmp_path / "b").glob("shards-*/*.npy"))) == len(shards) + 1  # one per shard + the joined one
+    assert isinstance(img2, np.memmap) and img2.shape == img.shape
+    np.testing.assert_allclose(img2, img, atol=1e-6, rtol=0)
+    assert np.array_equal(txt2, txt)
+    with pytest.raises(ValueError, match="chc.extraction.backend"):
+        ExtractionConfig(backend="spark")

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from gramlib.io import atomic_path, file_hash, stable_hash
+from gramlib.io import atomic_path, file_hash, stable_hash, write_npy
 
-__all__ = ["MINILM_NAMES", "MINILM_SHA256_PREFIX", "load_sentence_encoder", "captions_hash", "embed_captions"]
+__all__ = ["MINILM_NAMES", "MINILM_SHA256_PREFIX", "load_sentence_encoder", "captions_hash", "embed_captions", "local_chunk_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,20 @@ def captions_hash(captions: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+ChunkEncoder = Callable[[list[tuple[int, list[str]]]], Iterator[tuple[int, np.ndarray]]]
+
+
+def local_chunk_encoder(encoder: Any, batch_size: int = 128, normalize: bool = True) -> ChunkEncoder:
+    """Chunks encoded one after another by ``encoder`` in this process (the default)."""
+
+    def run(chunks: list[tuple[int, list[str]]]) -> Iterator[tuple[int, np.ndarray]]:
+        for i, chunk in chunks:
+            yield i, np.asarray(encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False,
+                                               convert_to_numpy=True, normalize_embeddings=normalize), dtype=np.float32)
+
+    return run
+
+
 def embed_captions(
     captions: Sequence[str],
     encoder: Any,
@@ -93,12 +109,19 @@ def embed_captions(
     chunk_size: int = 8192,
     normalize: bool = True,
     show_progress_bar: bool = True,
+    encode_chunks: ChunkEncoder | None = None,
+    stop_after: int | None = None,
 ) -> np.ndarray:
     """Embeddings (N, d) float32, computed once and cached as ``<cache_dir>/emb-<key>.npy``.
 
-    Written chunk by chunk into a memory-mapped .npy (atomically), so millions of captions never need
-    to sit in RAM; reloaded with ``mmap_mode='r'``.  ``model_name`` defaults to the encoder's
-    ``gram_model_name``; an encoder without a name cannot be cached (it would risk a stale hit).
+    The distinct captions are encoded in chunks of ``chunk_size``; with a cache, each finished chunk is
+    written at once (``emb-<key>.parts/<i>.npy``), so a killed job resumes with the chunks it has not
+    finished, and the parts are joined into one memory-mapped .npy (atomically) when all are there:
+    millions of captions never sit in RAM. ``encode_chunks`` runs the chunks (default: ``encoder`` in
+    this process; :func:`gramlib.chc.ray_embed.ray_chunk_encoder`: a Ray Data actor pool); it may
+    return them in any order. ``model_name`` defaults to the encoder's ``gram_model_name``; an encoder
+    without a name cannot be cached (it would risk a stale hit). ``stop_after``: stop after that many
+    chunks (tests simulate a killed job with it; raises :class:`InterruptedError`).
     """
     captions = list(captions)
     if not captions:
@@ -119,43 +142,48 @@ def embed_captions(
 
     from tqdm.auto import tqdm
 
-    def encode(chunk: list[str]) -> np.ndarray:
-        return np.asarray(
-            encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False,
-                           convert_to_numpy=True, normalize_embeddings=normalize),
-            dtype=np.float32,
-        )
-
+    run = encode_chunks or local_chunk_encoder(encoder, batch_size, normalize)
     # Web captions repeat (cleaned mini captions: ~1k distinct of 15k): each distinct caption is encoded
     # once and every copy gets its vector (copies encoded in different batches would differ by ~1e-7).
     distinct, inverse = np.unique(np.asarray(captions, dtype=object), return_inverse=True)
     distinct = distinct.tolist()
     log.info("caption embeddings: %d distinct of %d captions", len(distinct), len(captions))
     t0 = time.perf_counter()
-    starts = range(0, len(distinct), chunk_size)
-    bar = tqdm(starts, desc="embedding captions", unit="chunk", disable=not show_progress_bar)
+    chunks = [(i, distinct[s : s + chunk_size]) for i, s in enumerate(range(0, len(distinct), chunk_size))]
+    bar = tqdm(total=len(chunks), desc="embedding captions", unit="chunk", disable=not show_progress_bar)
     if path is None:
-        out = np.concatenate([encode(distinct[s : s + chunk_size]) for s in bar], axis=0)[inverse]
-    else:
-        first = encode(distinct[:chunk_size])
-        with atomic_path(path) as tmp:
-            # distinct vectors first (memory-mapped beside the output), then copied out in caption order
-            side = Path(f"{tmp}.distinct.npy")
-            try:
-                uniq = np.lib.format.open_memmap(side, mode="w+", dtype=np.float32, shape=(len(distinct), first.shape[1]))
-                uniq[: len(first)] = first
-                bar.update(1)
-                for s in list(starts)[1:]:
-                    uniq[s : s + chunk_size] = encode(distinct[s : s + chunk_size])
-                    bar.update(1)
-                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(captions), first.shape[1]))
-                for s in range(0, len(captions), chunk_size):
-                    mm[s : s + chunk_size] = uniq[inverse[s : s + chunk_size]]
-                mm.flush()
-                del mm, uniq
-            finally:
-                side.unlink(missing_ok=True)
-        out = np.load(path, mmap_mode="r")
+        got = dict(run(chunks))
+        bar.close()
+        return np.concatenate([got[i] for i, _ in chunks], axis=0)[inverse]
+    parts = path.with_suffix(".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    part = lambda i: parts / f"{i:06d}.npy"  # noqa: E731
+    todo = [(i, c) for i, c in chunks if not part(i).exists()]
+    bar.update(len(chunks) - len(todo))
+    if len(todo) < len(chunks):
+        log.info("caption embeddings: resuming, %d of %d chunks already in %s", len(chunks) - len(todo), len(chunks), parts)
+    for n, (i, arr) in enumerate(run(todo), start=1):
+        write_npy(part(i), arr)
+        bar.update(1)
+        if stop_after is not None and n >= stop_after and n < len(todo):
+            raise InterruptedError(f"embed_captions: stopped after {n} chunk(s) (stop_after)")
     bar.close()
+    dim = np.load(part(0), mmap_mode="r").shape[1]
+    with atomic_path(path) as tmp:
+        # distinct vectors first (memory-mapped beside the output), then copied out in caption order
+        side = Path(f"{tmp}.distinct.npy")
+        try:
+            uniq = np.lib.format.open_memmap(side, mode="w+", dtype=np.float32, shape=(len(distinct), dim))
+            for i, _ in chunks:
+                s = i * chunk_size
+                uniq[s : s + chunk_size] = np.load(part(i))
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(captions), dim))
+            for s in range(0, len(captions), chunk_size):
+                mm[s : s + chunk_size] = uniq[inverse[s : s + chunk_size]]
+            mm.flush()
+            del mm, uniq
+        finally:
+            side.unlink(missing_ok=True)
+    shutil.rmtree(parts, ignore_errors=True)
     log.info("embedded %d captions in %.1fs", len(captions), time.perf_counter() - t0)
-    return out
+    return np.load(path, mmap_mode="r")

@@ -101,12 +101,14 @@ def run_chc(
     cache_dir: str | Path | None = None,
     keys: Sequence[Any] | None = None,
     encoder: Any = None,
+    encode_chunks: Any = None,
 ) -> CHCResult:
     """Run CHC on aligned (caption, image feature, caption feature) triples.
 
     ``image_features``/``caption_features`` are the frozen backbone's features (normalised here
     anyway); ``caption_features`` may be None only with ``filter.rule == "none"``.  ``encoder``
-    overrides ``cfg.encoder`` (any object with SentenceTransformer's ``encode``).
+    overrides ``cfg.encoder`` (any object with SentenceTransformer's ``encode``); ``encode_chunks``
+    runs the caption chunks elsewhere (:func:`gramlib.chc.ray_embed.ray_chunk_encoder`).
     """
     cfg = cfg or CHCConfig()
     timings: dict[str, float] = {}
@@ -152,7 +154,7 @@ def run_chc(
     enc = encoder if encoder is not None else load_sentence_encoder(cfg.encoder, cfg.device)
     valid_caps = [captions[i] for i in valid]
     emb_all = embed_captions(valid_caps, enc, cache_dir, batch_size=cfg.batch_size,
-                             show_progress_bar=cfg.show_progress_bar)
+                             show_progress_bar=cfg.show_progress_bar, encode_chunks=encode_chunks)
     emb = np.asarray(emb_all[np.flatnonzero(keep_valid)])
     timings["embed"] = time.perf_counter() - t
 

@@ -42,8 +42,8 @@ from .evaluation import REPORT_KEYS, chc_metrics, load_truth
 from .pipeline import CHCConfig, CHCResult, run_chc
 from .topics import min_pairs_needed
 
-__all__ = ["StageResult", "backbone_features", "chc_config", "chc_dir", "chc_params", "load_stage", "run_stage",
-           "text_config"]
+__all__ = ["ExtractionConfig", "StageResult", "backbone_features", "chc_config", "chc_dir", "chc_params",
+           "extraction_config", "load_stage", "run_stage", "text_config"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def chc_params(profile_name: str, params: dict | None = None) -> dict:
 def chc_config(profile_name: str, params: dict | None = None) -> CHCConfig:
     """The resolved :class:`CHCConfig` for a profile (``chc`` + ``profiles.<name>.chc``, less ``text``; strict)."""
     layers = section_layers("chc", profile_name, load_params() if params is None else params)
-    (where, block), *over = drop_keys(layers, "text")
+    (where, block), *over = drop_keys(layers, "text", "extraction")
     return typed(CHCConfig, block, where, over=over)
 
 
@@ -71,16 +71,73 @@ def text_config(profile_name: str, params: dict | None = None) -> TextConfig:
     return typed(TextConfig, block, where, over=over)
 
 
-def backbone_features(profile: Profile, corpus: Corpus, cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
-    """The frozen backbone's L2-normalised image and caption features of the corpus (cached)."""
+@dataclass(frozen=True)
+class ExtractionConfig:
+    """How the corpus's frozen features are computed (``chc.extraction``); results agree to ~1e-6.
+
+    ``backend: local`` with ``per_shard: false`` (mini): one pass over the corpus in this process, one
+    cache file. ``per_shard: true``: one feature file per shard (:mod:`gramlib.data.shard_features`),
+    resumed shard by shard, memory-mapped. ``backend: ray`` (paper): per-shard image features and the
+    Sentence-BERT caption embeddings as Ray Data pipelines on the ``compute:`` block's cluster
+    (``compute.address``, ``compute.unit`` per actor). ``batch_size``: images per forward pass.
+    """
+
+    backend: str = "local"
+    per_shard: bool = False
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"chc.extraction.backend: {self.backend!r} is not 'local' or 'ray'")
+        if self.batch_size < 1:
+            raise ValueError(f"chc.extraction.batch_size: {self.batch_size} < 1")
+
+
+def extraction_config(profile_name: str, params: dict | None = None) -> ExtractionConfig:
+    """The ``chc.extraction`` settings of a profile (with ``profiles.<name>.chc.extraction`` over them; strict)."""
+    layers = sub_layers(section_layers("chc", profile_name, load_params() if params is None else params), "extraction")
+    (where, block), *over = layers or [("chc.extraction", {})]
+    return typed(ExtractionConfig, block, where, over=over)
+
+
+def backbone_features(profile: Profile, corpus: Corpus, cache_dir: str | os.PathLike | None,
+                      extraction: ExtractionConfig | None = None, compute: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen backbone's L2-normalised image and caption features of the corpus (cached).
+
+    Image features per ``extraction`` (see :class:`ExtractionConfig`; per-shard files live under
+    ``<cache_dir>/shards-<backbone and transform>/``); caption features in this process.
+    """
     from gramlib.clip.features import encode_images, encode_texts, eval_transform
     from gramlib.clip.pretrain import load_profile_backbone
+    from gramlib.io import stable_hash
 
+    ex = extraction or ExtractionConfig()
     bb = load_profile_backbone(profile)
-    img = encode_images(bb, corpus.images, eval_transform(bb), cache_dir, identity=corpus_identity(corpus),
-                        desc="CHC image features")
+    if ex.backend == "local" and not ex.per_shard:
+        img = encode_images(bb, corpus.images, eval_transform(bb), cache_dir, batch_size=ex.batch_size,
+                            identity=corpus_identity(corpus), desc="CHC image features")
+        img = img.numpy()
+    else:
+        from gramlib.compute import LOCAL
+        from gramlib.data.shard_features import extract_shard_features, load_shard_features
+
+        if cache_dir is None:
+            raise ValueError("chc.extraction.per_shard / backend ray: the per-shard feature files need a cache folder")
+        tag = stable_hash({"model": bb.identity, "transform": repr(eval_transform(bb)), "precision": bb.precision})
+        out = Path(cache_dir) / f"shards-{tag}"
+        done = extract_shard_features(profile, corpus.shards, out, compute=compute if ex.backend == "ray" else LOCAL,
+                                      batch_size=ex.batch_size)
+        log.info("CHC image features: %d shard(s) computed, %d reused, in %s", len(done.computed), len(done.reused), out)
+        feats, keys = load_shard_features(out, corpus.shards)
+        if keys != corpus.keys:  # the reader skips the same samples; reorder only if a shard's file disagrees
+            pos = {k: i for i, k in enumerate(keys)}
+            missing = [k for k in corpus.keys if k not in pos]
+            if missing:
+                raise ValueError(f"{out}: no feature for key(s) {missing[:5]} of the corpus: delete the folder to recompute")
+            feats = feats[[pos[k] for k in corpus.keys]]
+        img = feats
     txt = encode_texts(bb, corpus.captions, cache_dir, desc="CHC caption features")
-    return img.numpy(), txt.numpy()
+    return img, txt.numpy()
 
 
 @dataclass
@@ -131,9 +188,20 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
                          f"{len(corpus.read_stats['skipped'])} sample(s) skipped) but topic clustering "
                          f"needs at least {need}")
     t = time.perf_counter()
-    img, txt = backbone_features(prof, corpus, cache / "features")
+    extraction = extraction_config(prof.name, params)
+    compute = None
+    if extraction.backend == "ray":
+        from gramlib.compute import compute_config
+
+        compute = compute_config(prof.name, params)
+    img, txt = backbone_features(prof, corpus, cache / "features", extraction, compute)
     timings["backbone_features"] = time.perf_counter() - t
 
+    chunks = None  # Sentence-BERT in this process, unless the extraction runs on Ray
+    if extraction.backend == "ray":
+        from .ray_embed import ray_chunk_encoder
+
+        chunks = ray_chunk_encoder(cfg.encoder, compute, batch_size=cfg.batch_size)
     t, c = time.perf_counter(), time.process_time()
     captions = clean_captions(corpus.captions, text)
     learned: list[str] = []
@@ -141,13 +209,14 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
     for _ in range(text.learn_rounds if text.learns else 0):
         # a clustering tells boilerplate (in most topics) from topic words (in few)
         first = run_chc(captions, img, txt, dataclasses.replace(cfg, plot_coords="none"), cache / "chc" / prof.name,
-                        keys=corpus.keys, encoder=encoder)
+                        keys=corpus.keys, encoder=encoder, encode_chunks=chunks)
         topic_of = first.pairs.topic_id.where(first.pairs.kept, -1).to_numpy()
         new = [p for p in learn_stop_phrases(captions, topic_of, text) if p not in learned]
         learned = sorted([*learned, *new], key=lambda p: (-len(p.split()), p))
         captions = clean_captions(base, TextConfig(strip_phrases=learned))
         timings["chc_learn_passes"] = time.perf_counter() - t
-    res = run_chc(captions, img, txt, cfg, cache / "chc" / prof.name, keys=corpus.keys, encoder=encoder)
+    res = run_chc(captions, img, txt, cfg, cache / "chc" / prof.name, keys=corpus.keys, encoder=encoder,
+                  encode_chunks=chunks)
     res.pairs.insert(2, "raw_caption", corpus.captions)
     timings["chc"] = time.perf_counter() - t
     timings["cpu_chc"] = time.process_time() - c  # CPU time of all threads: robust to a shared machine
@@ -167,6 +236,7 @@ def run_stage(profile: Profile | str, params: dict | None = None, out_dir: str |
         tw.to_csv(tmp, index=False)
     write_json(out / "config.json", dataclasses.asdict(cfg))
     write_json(out / "text_config.json", {**dataclasses.asdict(text), "learned_stop_phrases": learned})
+    write_json(out / "extraction.json", dataclasses.asdict(extraction))
     write_json(out / "metrics.json", metrics)
     write_json(out / "read_stats.json", corpus.read_stats)
     log.info("CHC stage %s: %s", prof.name, {k: v for k, v in metrics.items() if k in REPORT_KEYS})

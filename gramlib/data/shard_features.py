@@ -195,7 +195,7 @@ def _extract_ray(profile: Any, todo: list[Path], out: Path, compute: Any, batch_
         else:  # CPU only: leave one CPU's worth to the decoding tasks
             n_actors, extra = max(1, int(total.get("CPU", 1) / unit.cpus) - 1), {}
         ds = ds.map_batches(_RayEncoder, fn_constructor_args=(profile,), batch_size=batch_size, batch_format="numpy",
-                            concurrency=n_actors, num_cpus=unit.cpus, **extra)
+                            compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=unit.cpus, **extra)
         pending: dict[str, dict[str, Any]] = {}
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["index"])):
