@@ -119,7 +119,9 @@ def _suite(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
     out_dir = Path(a.out_dir) if a.out_dir else profile.artifacts / "suite"
     for exp in a.experiment:
         t0 = time.perf_counter()
-        run_experiment(profile, cfg, exp, out_dir / f"{exp}.csv", compute=compute, threads=a.threads,
+        # a unit's intra-op threads: its declared CPUs (compute.unit.cpus) unless --threads says otherwise
+        run_experiment(profile, cfg, exp, out_dir / f"{exp}.csv", compute=compute,
+                       threads=a.threads if a.threads is not None else max(1, int(compute.unit.cpus)),
                        progress=lambda s: print(s, flush=True))
         print(f"{exp}: {time.perf_counter() - t0:.1f}s", flush=True)
 
@@ -197,7 +199,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p.add_argument("--seeds", type=_ints, default=None, help="comma-separated; default: params.yaml seeds")
     p.add_argument("--shots", type=int, default=None, help="override the shots of experiments that follow it")
     _compute_args(p)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per unit (default: compute.unit.cpus)")
     p = add("index", _index, "write the reports index (reports/README.md)")
     p.add_argument("--reports", default="reports")
     p = add("stage-config", _stage_config, "the resolved parameters a pipeline stage reads (JSON)")

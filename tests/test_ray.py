@@ -111,3 +111,23 @@ def test_compute_config_is_strict_and_names_the_key(tmp_path):
         compute_config("mini", params)
     assert compute_config("mini", load_params(), backend="local").backend == "local"  # the CLI's override
     assert ComputeConfig(unit=UnitResources(cpus=2, gpus=0.5)).unit.gpus == 0.5
+
+
+def test_suite_units_get_their_declared_cpus_as_torch_threads(monkeypatch, tmp_path):
+    """`gramlib suite` runs each unit with compute.unit.cpus intra-op threads (a 2-CPU unit on a 2-core
+    machine uses both), unless --threads overrides it."""
+    import yaml
+
+    import gramlib.experiments.suite as suite
+    from gramlib.cli import main
+    from gramlib.config import REPO
+
+    seen = []
+    monkeypatch.setattr(suite, "run_experiment", lambda *a, threads, **k: seen.append(threads))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for cpus, argv, want in ((2, [], 2), (3, ["--threads", "1"], 1), (1.5, [], 1)):
+        params["profiles"]["smoke"]["compute"] = {"backend": "local", "unit": {"cpus": cpus, "gpus": 0}}
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        assert main(["suite", "--profile", "smoke", "--params", str(path), "--experiment", "base2new", *argv]) == 0
+        assert seen[-1] == want
