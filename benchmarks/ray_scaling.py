@@ -10,6 +10,7 @@ and each worker's set-up (backbone and datasets loaded once per worker process),
 
     python benchmarks/ray_scaling.py                   # -> benchmarks/results/ray_scaling.json
     python benchmarks/ray_scaling.py --seeds 1 --out /tmp/x.json
+    python benchmarks/ray_scaling.py --epochs 30 --out benchmarks/results/ray_scaling_30ep.json   # larger units
 
 A smoke world and its tiny CLIP are built first in a temporary folder (about 2 minutes on 2 cores).
 """
@@ -36,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["CLIP", "CoOp", "VPT"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--epochs", type=int, default=2, help="training epochs per unit (the unit's size)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ray_scaling.json")
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +61,7 @@ def main() -> None:
         pretrain_or_describe(prof)
         print(f"smoke world and backbone: {time.perf_counter() - t:.0f} s", flush=True)
         cfg = suite_config("smoke", load_params())
-        exp = Experiment("bench", "base2new", 2, tuple(a.methods), tuple(a.seeds), epochs=2)
+        exp = Experiment("bench", "base2new", 2, tuple(a.methods), tuple(a.seeds), epochs=a.epochs)
         cfg = dataclasses.replace(cfg, experiments={"bench": exp})
         n_units = len(units(prof, exp))
         runs: dict[str, dict] = {}
@@ -85,7 +87,7 @@ def main() -> None:
     same = all(rows[n].drop(columns="runtime_s").sort_values(key).reset_index(drop=True)
                .equals(rows["serial"].drop(columns="runtime_s").sort_values(key).reset_index(drop=True)) for n in ("ray1", "ray2"))
     result = {
-        "what": f"smoke base2new units ({', '.join(a.methods)}; seeds {a.seeds}; 2 epochs): serially in-process, "
+        "what": f"smoke base2new units ({', '.join(a.methods)}; seeds {a.seeds}; {a.epochs} epochs): serially in-process, "
                 "then on a local Ray cluster of 1 and of 2 CPUs (start-up included), same run",
         "serial_units_per_s": runs["serial"]["units_per_s"], "ray1_units_per_s": runs["ray1"]["units_per_s"],
         "ray2_units_per_s": runs["ray2"]["units_per_s"],
