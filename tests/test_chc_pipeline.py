@@ -151,38 +151,36 @@ def test_encoder_is_offline_minilm_and_cache_is_mmapped(encoder, tmp_path, world
     assert len(list(tmp_path.glob("emb-*.npy"))) == 2 and not np.allclose(e3[-1], e1[-1])
 
 
+def _vec(caption: str) -> np.ndarray:
+    """A vector that tells captions apart, computed without the encoder code."""
+    return np.array([len(caption), ord(caption[0]), ord(caption[-1]), sum(map(ord, caption))], dtype=np.float32)
+
+
+class Counting:
+    """A stand-in sentence encoder that records what it was asked to encode."""
+
+    gram_model_name = "counting"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, chunk, **kw):
+        self.seen += list(chunk)
+        return np.stack([_vec(c) for c in chunk])
+
+
 def test_repeated_captions_are_encoded_once(tmp_path):
-    class Counting:
-        gram_model_name = "counting"
-
-        def __init__(self):
-            self.seen: list[str] = []
-
-        def encode(self, chunk, **kw):
-            self.seen += list(chunk)
-            return np.stack([np.array([len(c), ord(c[0]), 1.0], dtype=np.float32) for c in chunk])
-
     caps = ["b star", "a circle", "b star", "c house", "a circle", "b star"]
     for cache, chunk in ((None, 2), (tmp_path, 2), (None, 100)):
         enc = Counting()
         out = np.asarray(embed_captions(caps, enc, cache, chunk_size=chunk, show_progress_bar=False))
         assert sorted(enc.seen) == ["a circle", "b star", "c house"]  # each distinct caption once
-        expected = np.stack([np.array([len(c), ord(c[0]), 1.0], dtype=np.float32) for c in caps])
+        expected = np.stack([_vec(c) for c in caps])
         assert np.array_equal(out, expected)  # caption order kept
     assert not list(tmp_path.glob("*.distinct.npy"))  # the side file is gone
 
 
 def test_a_killed_caption_embedding_resumes_with_no_chunk_encoded_twice(tmp_path):
-    class Counting:
-        gram_model_name = "counting"
-
-        def __init__(self):
-            self.seen: list[str] = []
-
-        def encode(self, chunk, **kw):
-            self.seen += list(chunk)
-            return np.stack([np.array([len(c), ord(c[-1]), 1.0], dtype=np.float32) for c in chunk])
-
     caps = [f"caption {i % 23}" for i in range(60)]  # 23 distinct: 6 chunks of 4
     first = Counting()
     with pytest.raises(InterruptedError):
@@ -192,7 +190,7 @@ def test_a_killed_caption_embedding_resumes_with_no_chunk_encoded_twice(tmp_path
     second = Counting()
     out = np.asarray(embed_captions(caps, second, tmp_path, chunk_size=4, show_progress_bar=False))
     assert len(second.seen) == 15 and set(first.seen).isdisjoint(second.seen)  # the rest, each once
-    expected = np.stack([np.array([len(c), ord(c[-1]), 1.0], dtype=np.float32) for c in caps])
+    expected = np.stack([_vec(c) for c in caps])
     assert np.array_equal(out, expected)
     assert not list(tmp_path.glob("emb-*.parts"))  # parts joined and removed
 
