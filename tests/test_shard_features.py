@@ -92,3 +92,24 @@ def test_chc_per_shard_features_equal_the_single_pass(smoke, shards, tmp_path):
     assert np.array_equal(txt2, txt)
     with pytest.raises(ValueError, match="chc.extraction.backend"):
         ExtractionConfig(backend="spark")
+    # the per-shard files are matched to the corpus by key: a corpus listing its pairs in another order gets
+    # its features in that order; a key no shard file holds is named
+    import dataclasses
+
+    flipped = dataclasses.replace(corpus, keys=corpus.keys[::-1])
+    img3, _ = backbone_features(smoke, flipped, tmp_path / "b", ExtractionConfig(per_shard=True, batch_size=100))
+    np.testing.assert_array_equal(np.asarray(img3), np.asarray(img2)[::-1])
+    stray = dataclasses.replace(corpus, keys=[*corpus.keys[:-1], "nowhere-key"])
+    with pytest.raises(ValueError, match=r"no feature for key\(s\) \['nowhere-key'\]"):
+        backbone_features(smoke, stray, tmp_path / "b", ExtractionConfig(per_shard=True, batch_size=100))
+
+
+def test_actor_pools_leave_the_cpus_ray_data_needs():
+    """Pool sizes by hand: a GPU share per actor; on CPUs only, every CPU but one (all held deadlocks)."""
+    from gramlib.compute import UnitResources
+    from gramlib.data.shard_features import actor_pool
+
+    assert actor_pool({"CPU": 2.0}, UnitResources(cpus=1, gpus=0)) == (1, {}, "cpu")
+    assert actor_pool({"CPU": 16.0}, UnitResources(cpus=2, gpus=0)) == (7, {}, "cpu")
+    assert actor_pool({"CPU": 1.0}, UnitResources(cpus=1, gpus=0))[0] == 1  # never an empty pool
+    assert actor_pool({"CPU": 16.0, "GPU": 8.0}, UnitResources(cpus=1, gpus=0.5)) == (16, {"num_gpus": 0.5}, "cuda")

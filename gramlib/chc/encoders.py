@@ -20,7 +20,7 @@ import numpy as np
 
 from gramlib.io import atomic_path, file_hash, stable_hash, write_npy
 
-__all__ = ["MINILM_NAMES", "MINILM_SHA256_PREFIX", "load_sentence_encoder", "captions_hash", "embed_captions", "local_chunk_encoder"]
+__all__ = ["MINILM_NAMES", "MINILM_SHA256_PREFIX", "load_sentence_encoder", "captions_hash", "embed_captions", "encode_chunk", "local_chunk_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,18 @@ def captions_hash(captions: Sequence[str]) -> str:
 ChunkEncoder = Callable[[list[tuple[int, list[str]]]], Iterator[tuple[int, np.ndarray]]]
 
 
+def encode_chunk(encoder: Any, captions: list[str], batch_size: int = 128, normalize: bool = True) -> np.ndarray:
+    """One chunk's embeddings (n, d) float32: the one call every chunk runner makes, in or out of process."""
+    return np.asarray(encoder.encode(captions, batch_size=batch_size, show_progress_bar=False,
+                                     convert_to_numpy=True, normalize_embeddings=normalize), dtype=np.float32)
+
+
 def local_chunk_encoder(encoder: Any, batch_size: int = 128, normalize: bool = True) -> ChunkEncoder:
     """Chunks encoded one after another by ``encoder`` in this process (the default)."""
 
     def run(chunks: list[tuple[int, list[str]]]) -> Iterator[tuple[int, np.ndarray]]:
         for i, chunk in chunks:
-            yield i, np.asarray(encoder.encode(chunk, batch_size=batch_size, show_progress_bar=False,
-                                               convert_to_numpy=True, normalize_embeddings=normalize), dtype=np.float32)
+            yield i, encode_chunk(encoder, chunk, batch_size, normalize)
 
     return run
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .encoders import ChunkEncoder
+from .encoders import ChunkEncoder, encode_chunk
 
 __all__ = ["ray_chunk_encoder"]
 
@@ -30,9 +30,8 @@ class _SentenceActor:
         self.batch_size, self.normalize = batch_size, normalize
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        emb = self.encoder.encode(list(row["captions"]), batch_size=self.batch_size, show_progress_bar=False,
-                                  convert_to_numpy=True, normalize_embeddings=self.normalize)
-        return {"chunk": row["chunk"], "embeddings": np.asarray(emb, dtype=np.float32)}
+        return {"chunk": row["chunk"], "embeddings": encode_chunk(self.encoder, list(row["captions"]),
+                                                                  self.batch_size, self.normalize)}
 
 
 def ray_chunk_encoder(name: str, compute: Any, batch_size: int = 128, normalize: bool = True) -> ChunkEncoder:
@@ -41,17 +40,14 @@ def ray_chunk_encoder(name: str, compute: Any, batch_size: int = 128, normalize:
 
     def run(chunks: list[tuple[int, list[str]]]) -> Iterator[tuple[int, np.ndarray]]:
         from gramlib.compute import ray_session
+        from gramlib.data.shard_features import actor_pool
 
         if not chunks:
             return
         unit = compute.unit
         with ray_session(compute) as ray:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            total = ray.cluster_resources()
-            if unit.gpus:
-                n_actors, extra, device = max(1, int(total.get("GPU", 0) / unit.gpus)), {"num_gpus": unit.gpus}, "cuda"
-            else:  # CPU only: leave one CPU's worth to Ray Data's own tasks (all CPUs held by actors deadlock)
-                n_actors, extra, device = max(1, int(total.get("CPU", 1) / unit.cpus) - 1), {}, "cpu"
+            n_actors, extra, device = actor_pool(ray.cluster_resources(), unit)
             n_actors = min(n_actors, len(chunks))
             # one block a chunk, made in the driver (no read tasks competing with the actors for CPUs)
             ds = ray.data.from_items([{"chunk": i, "captions": c} for i, c in chunks], override_num_blocks=len(chunks))

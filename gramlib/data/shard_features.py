@@ -173,6 +173,16 @@ class _RayEncoder:
         return {k: v for k, v in batch.items() if k != "pixels"} | {"feature": feats}
 
 
+def actor_pool(resources: dict[str, float], unit: Any) -> tuple[int, dict[str, Any], str]:
+    """(size, extra ``map`` options, device) of a Ray Data pool of model actors of ``unit`` resources
+    (``compute.unit``) on a cluster of ``resources``. With GPUs, one actor per GPU share and the CPUs left to
+    decoding; on CPUs only, one CPU's worth is left to Ray Data's own tasks: a pool holding every CPU starves
+    them and the pipeline deadlocks."""
+    if unit.gpus:
+        return max(1, int(resources.get("GPU", 0) / unit.gpus)), {"num_gpus": unit.gpus}, "cuda"
+    return max(1, int(resources.get("CPU", 1) / unit.cpus) - 1), {}, "cpu"
+
+
 def _extract_ray(profile: Any, todo: list[Path], out: Path, compute: Any, batch_size: int, res: ExtractResult,
                  stop_after: int | None) -> None:
     import json
@@ -188,12 +198,8 @@ def _extract_ray(profile: Any, todo: list[Path], out: Path, compute: Any, batch_
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = ray.data.from_items([{"shard": str(p)} for p in todo])
         ds = ds.repartition(len(todo)).flat_map(_ray_decode, fn_args=(image_size, CLIP_MEAN, CLIP_STD))
-        total = ray.cluster_resources()
         unit = compute.unit
-        if unit.gpus:  # the model's actors share the cluster's GPUs; decoding runs on the CPUs
-            n_actors, extra = max(1, int(total.get("GPU", 0) / unit.gpus)), {"num_gpus": unit.gpus}
-        else:  # CPU only: leave one CPU's worth to the decoding tasks
-            n_actors, extra = max(1, int(total.get("CPU", 1) / unit.cpus) - 1), {}
+        n_actors, extra, _ = actor_pool(ray.cluster_resources(), unit)
         ds = ds.map_batches(_RayEncoder, fn_constructor_args=(profile,), batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=unit.cpus, **extra)
         pending: dict[str, dict[str, Any]] = {}
@@ -258,4 +264,4 @@ def load_shard_features(out_dir: str | os.PathLike, shards: Sequence[str | os.Pa
     return np.load(joined, mmap_mode="r"), keys
 
 
-__all__ = ["ExtractResult", "extract_shard_features", "load_shard_features", "shard_done"]
+__all__ = ["ExtractResult", "actor_pool", "extract_shard_features", "load_shard_features", "shard_done"]
