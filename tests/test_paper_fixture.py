@@ -40,6 +40,9 @@ def test_every_coop_layout_loads_with_imagenets_1000_classes(fixture_root):
         assert ds.test, name
     assert classes["imagenet"] == classes["imagenetv2"] == classes["imagenet_sketch"] == 1000
     assert classes["imagenet_a"] == classes["imagenet_r"] == 200
+    # ImageNet: 1,000 train folders, images in every 20th (4 in every 40th, 1 in the others): 25 * 4 + 25 * 1
+    imagenet = load_dataset(fixture_root / "coop", "imagenet")
+    assert len(imagenet.train) == 125 and len({d.label for d in imagenet.train}) == 50
     # class-name rules on the distributed names: Caltech's and EuroSAT's renaming, "_" -> " "
     assert "airplane" in load_dataset(fixture_root / "coop", "caltech101").classnames
     assert "Annual Crop Land" in load_dataset(fixture_root / "coop", "eurosat").classnames
