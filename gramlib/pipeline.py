@@ -58,8 +58,9 @@ class Notebook:
 
     @property
     def executed(self) -> str:
+        """Papermill's executed copy: committed beside the profile's tables (issue 19), normalised."""
         stem = Path(self.notebook).stem + "".join(f"_{v}" for k, v in self.args if k == "table")
-        return (f"{ART}/notebooks/" if self.per_profile else "artifacts/notebooks/") + f"{stem}.ipynb"
+        return (f"{R}/notebooks/" if self.per_profile else "reports/notebooks/") + f"{stem}.ipynb"
 
 
 def _table_outs(*names: str) -> tuple[str, ...]:
@@ -155,6 +156,9 @@ NOTEBOOKS: tuple[Notebook, ...] = (
 )
 
 
+NORMALISER = "gramlib.reporting.notebook_output"
+
+
 def _index_stage() -> Stage:
     provenance = [o for nb in NOTEBOOKS for o in nb.outs
                   if o.endswith(".provenance.json") and ("/tables/" in o or "/figures/" in o)]
@@ -169,8 +173,8 @@ def stage_modules(name: str) -> tuple[str, ...]:
         if s.name == name:
             return s.modules
     for nb in NOTEBOOKS:
-        if nb.name == name:
-            return tuple(sorted(notebook_modules(REPO / "notebooks" / nb.notebook)))
+        if nb.name == name:  # what the notebook imports, and the normaliser its stage runs after Papermill
+            return tuple(sorted(notebook_modules(REPO / "notebooks" / nb.notebook) | {NORMALISER}))
     raise ValueError(f"unknown stage {name!r}")
 
 
@@ -191,10 +195,10 @@ def _notebook_dict(nb: Notebook) -> dict[str, Any]:
     args = (f" -p profile {P} -p reports_dir {R}" if nb.per_profile else " -p reports_dir reports") + "".join(
         f" -p {k} {v}" for k, v in nb.args)
     cmd = (f"mkdir -p {out_dir} && papermill -k python3 --cwd notebooks notebooks/{nb.notebook} "
-           f"{nb.executed}{args}")
+           f"{nb.executed}{args} && python -m {NORMALISER} {nb.executed}")
     modules = stage_modules(nb.name)
     return {"cmd": cmd, "deps": _deps(nb.inputs, nb.configs, modules, first=(f"notebooks/{nb.notebook}",)),
-            "outs": [nb.executed, *({o: {"cache": False}} for o in nb.outs)]}
+            "outs": [{nb.executed: {"cache": False}}, *({o: {"cache": False}} for o in nb.outs)]}
 
 
 def pipeline() -> dict[str, Any]:
@@ -214,7 +218,8 @@ HEADER = """\
 # `dvc repro` regenerates the profile named by params.yaml's `profile` (mini by default). Each stage
 # depends on the code it imports (gramlib.code_deps) and on artifacts/<profile>/config/<stage>.json,
 # the parameters it reads, resolved for the profile (gramlib.stage_config). Notebooks run through
-# Papermill; executed copies go to artifacts/ (DVC cache, not git).
+# Papermill; their executed copies go to <reports>/notebooks/ (committed, normalised by
+# gramlib.reporting.notebook_output so that a re-run on unchanged inputs leaves git clean).
 """
 
 

@@ -114,7 +114,7 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
     for stem in FIGURES + OWN_FIGURES:
         assert f"figures/{stem}.png" in index
     for nb in (chain / "notebooks").glob("*.ipynb"):
-        executed = chain / "artifacts" / ("smoke" if nb.name != "30_paper_audit.ipynb" else "") / "notebooks"
+        executed = chain / "reports" / ("smoke" if nb.name != "30_paper_audit.ipynb" else "") / "notebooks"
         # 11_transfer_tables is one notebook run once per table (Papermill -p table tableN): <stem>_tableN.ipynb
         names = ([f"{nb.stem}_table{n}.ipynb" for n in (2, 3, 4, 5)] if nb.name == "11_transfer_tables.ipynb"
                  else [nb.name])
@@ -125,6 +125,39 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
 def test_second_repro_does_nothing(chain):
     status = _dvc(chain, "status").stdout
     assert "up to date" in status.lower() or status.strip() == "", status
+
+
+def test_executed_notebooks_are_readable_capped_and_stable(chain):
+    """Issue 19: every notebook's executed copy is in <reports>/notebooks with outputs (figures inline as
+    the very PNG bytes of reports/.../figures), under the size cap, free of run-to-run noise, and a forced
+    re-run of a notebook stage on unchanged inputs changes no byte under reports/."""
+    import base64
+    import json
+
+    from gramlib.reporting.notebook_output import MAX_BYTES
+
+    executed = sorted((chain / "reports" / "smoke" / "notebooks").glob("*.ipynb"))
+    assert len(executed) >= 17, [p.name for p in executed]
+    for p in [*executed, chain / "reports" / "notebooks" / "30_paper_audit.ipynb"]:
+        text = p.read_text()
+        assert len(text.encode()) <= MAX_BYTES, p.name
+        nb = json.loads(text)
+        assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), p.name
+        outs = json.dumps([c.get("outputs", []) for c in nb["cells"]])
+        assert str(chain) not in outs and "it/s]" not in outs, p.name  # no machine paths, no progress bars
+        assert set(nb["metadata"]["papermill"]) <= {"input_path", "output_path", "parameters", "default_parameters"}
+        assert not any({"execution", "papermill"} & set(c["metadata"]) for c in nb["cells"]), p.name  # no timestamps
+    nb = json.loads((chain / "reports" / "smoke" / "notebooks" / "20_figure1a_init_spread.ipynb").read_text())
+    shown = [o["data"]["image/png"] for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    png = (chain / "reports" / "smoke" / "figures" / "figure1a_init_spread.png").read_bytes()
+    assert shown and base64.b64decode("".join(shown[0])) == png
+
+    before = {p: p.read_bytes() for p in (chain / "reports").rglob("*") if p.is_file()}
+    for stage in ("figure1a_nb", "mini_world"):  # a figure notebook; the one with progress bars
+        _dvc(chain, "repro", "-f", "-s", stage)
+    after = {p: p.read_bytes() for p in (chain / "reports").rglob("*") if p.is_file()}
+    assert sorted(after) == sorted(before)
+    assert [str(p.relative_to(chain)) for p in before if after[p] != before[p]] == []
 
 
 def test_failing_cell_fails_the_stage_and_keeps_everything_else(chain):
@@ -139,7 +172,7 @@ def test_failing_cell_fails_the_stage_and_keeps_everything_else(chain):
     res = _dvc(chain, "repro", "table7_nb", check=False)
     assert res.returncode != 0
     assert "deliberate failure" in (res.stdout + res.stderr)
-    failed = chain / "artifacts" / "smoke" / "notebooks" / "16_table7_prompt_tokens.ipynb"
+    failed = chain / "reports" / "smoke" / "notebooks" / "16_table7_prompt_tokens.ipynb"
     assert "deliberate failure" in failed.read_text()  # the failed notebook is kept for reading
     assert other.read_bytes() == before
     assert (chain / "artifacts" / "smoke" / "suite" / "base2new.csv").exists()

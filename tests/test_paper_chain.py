@@ -72,7 +72,7 @@ def test_every_table_figure_and_the_index(chain):
     assert all(f"tables/{s}.md" in index for s in TABLES + OWN_TABLES)
     assert (reports / "zero_shot.csv").exists() and (reports / "chc" / "metrics.json").exists()
     assert not (chain / "reports" / "tables").exists()  # the mini profile's reports are left alone
-    executed = sorted(p.name for p in (chain / "artifacts" / "paper_fixture" / "notebooks").glob("*.ipynb"))
+    executed = sorted(p.name for p in (chain / "reports" / "paper_fixture" / "notebooks").glob("*.ipynb"))
     assert len(executed) >= 15, executed
 
 

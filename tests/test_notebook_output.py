@@ -1,0 +1,92 @@
+"""The executed-notebook normaliser (issue 19): what a committed notebook keeps and what it loses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+
+import nbformat
+import pytest
+
+from gramlib.reporting.notebook_output import main, normalise_notebook
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-not-really-an-image").decode()
+
+
+def _j(text) -> str:
+    return "".join(text) if isinstance(text, list) else text  # nbformat stores multi-line text as lines
+
+
+def _executed(root, run: int) -> nbformat.NotebookNode:
+    """An executed notebook as Papermill writes it; ``run`` changes only what differs between two runs."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"start_time": f"2026-12-04T12:5{run}:00", "end_time": f"2026-12-04T12:5{run}:09",
+                                "duration": 9.0 + run, "environment_variables": {}, "exception": None, "version": "2.7.0",
+                                "input_path": "notebooks/x.ipynb", "output_path": "reports/notebooks/x.ipynb",
+                                "parameters": {"profile": "smoke", "seed": 1}, "default_parameters": {}}
+    nb.metadata["widgets"] = {"state": {"run": run}}
+    params = nbformat.v4.new_code_cell('profile = "smoke"', execution_count=1)
+    params.metadata = {"tags": ["injected-parameters"], "papermill": {"duration": 0.01 * run},
+                       "execution": {"iopub.execute_input": f"2026-12-04T12:5{run}:01Z"}}
+    work = nbformat.v4.new_code_cell("train()", execution_count=2)
+    work.metadata = {"execution": {"shell.execute_reply": f"2026-12-04T12:5{run}:05Z"}}
+    work.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=(
+            f"{sys.prefix}/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"
+            f"\r  0%|          | 0/10 [00:00<?, ?it/s]\r 50%|█████     | 5/10 [00:0{run}<00:01, {3 + run}.1it/s]\n"
+            "\r                                  \n"
+            "WARNING:root:No pretrained weights loaded\n")),
+        nbformat.v4.new_output("stream", name="stdout", text=f"saved {root}/reports/t.csv\n"),
+        nbformat.v4.new_output("execute_result", execution_count=2, data={
+            "text/plain": f"<gramlib.Learner object at 0x7f{run}a3c2d10e0>",
+            "application/vnd.jupyter.widget-view+json": {"model_id": f"abc{run}"}}),
+        nbformat.v4.new_output("display_data", data={"image/png": PNG, "text/plain": "<IPython.core.display.Image object>"}),
+        nbformat.v4.new_output("stream", name="stderr", text=f"\r100%|██████████| 10/10 [00:0{run}<00:00]\n"),
+    ]
+    params.id, work.id = "p", "w"  # Papermill keeps the source notebook's cell ids
+    nb.cells = [params, work]
+    return nb
+
+
+def test_two_runs_normalise_to_the_same_bytes_and_keep_what_a_reader_needs(tmp_path):
+    paths = []
+    for run in (1, 2):
+        p = tmp_path / f"run{run}.ipynb"
+        nbformat.write(_executed(tmp_path, run), p)
+        info = normalise_notebook(p, root=tmp_path)
+        assert info["cells_with_output"] == 1
+        paths.append(p)
+    a, b = (p.read_bytes() for p in paths)
+    assert a == b
+    nb = json.loads(a)
+    assert nb["metadata"]["papermill"] == {"input_path": "notebooks/x.ipynb", "output_path": "reports/notebooks/x.ipynb",
+                                           "parameters": {"profile": "smoke", "seed": 1}, "default_parameters": {}}
+    assert "widgets" not in nb["metadata"]
+    params, work = nb["cells"]
+    assert params["metadata"] == {"tags": ["injected-parameters"]} and work["metadata"] == {}
+    assert [c["execution_count"] for c in nb["cells"]] == [1, 2]
+    err, out, res, img = work["outputs"]  # the progress-only stderr output is gone
+    assert _j(err["text"]) == ("<python>/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"
+                           "WARNING:root:No pretrained weights loaded\n")
+    assert _j(out["text"]) == "saved reports/t.csv\n"
+    assert {k: _j(v) for k, v in res["data"].items()} == {"text/plain": "<gramlib.Learner object at 0x…>"}
+    assert _j(img["data"]["image/png"]) == PNG
+    # normalising a normalised notebook changes nothing
+    normalise_notebook(paths[0], root=tmp_path)
+    assert paths[0].read_bytes() == a
+
+
+def test_an_oversized_notebook_is_named_and_left_alone(tmp_path, capsys):
+    p = tmp_path / "big.ipynb"
+    nb = _executed(tmp_path, 1)
+    nb.cells[1].outputs.append(nbformat.v4.new_output("stream", name="stdout", text="0.123 " * 50_000))
+    nbformat.write(nb, p)
+    before = p.read_bytes()
+    with pytest.raises(ValueError, match=r"big\.ipynb: 0\.3\d MB after normalisation, over the 0\.1 MB cap.*cells \[1"):
+        normalise_notebook(p, root=tmp_path, max_bytes=100_000)
+    assert p.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="nowhere.ipynb: no executed notebook"):
+        normalise_notebook(tmp_path / "nowhere.ipynb")
+    assert main([str(p), "--root", str(tmp_path)]) == 0  # under the default cap
+    assert "big.ipynb" in capsys.readouterr().out
