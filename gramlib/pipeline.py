@@ -167,9 +167,18 @@ def _index_stage() -> Stage:
                  comment="<reports>/README.md: every table and figure of the profile with its provenance")
 
 
+def _site_stage() -> Stage:
+    executed = tuple(nb.executed for nb in NOTEBOOKS)
+    written = tuple(dict.fromkeys(o for nb in NOTEBOOKS for o in nb.outs))
+    return Stage("report_site", f"python -m gramlib.reporting.site --reports {R} --out {R}/site",
+                 ("gramlib.reporting.site",), inputs=(*executed, *written, f"{R}/world_probe.json", f"{R}/README.md"), outs=(f"{R}/site",),
+                 comment="<reports>/site/index.html: the executed notebooks and tables as one static site "
+                         "(Sphinx + myst-nb; a DVC output, not committed)")
+
+
 def stage_modules(name: str) -> tuple[str, ...]:
     """The gramlib modules a stage (or notebook stage) runs: the roots of its import closure."""
-    for s in (*STAGES, SUITE_STAGE, _index_stage()):
+    for s in (*STAGES, SUITE_STAGE, _index_stage(), _site_stage()):
         if s.name == name:
             return s.modules
     for nb in NOTEBOOKS:
@@ -209,6 +218,7 @@ def pipeline() -> dict[str, Any]:
     for nb in NOTEBOOKS:
         stages[nb.name] = _notebook_dict(nb)
     stages["reports_index"] = _stage_dict(_index_stage())
+    stages["report_site"] = _stage_dict(_site_stage())
     return {"stages": stages}
 
 

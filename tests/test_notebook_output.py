@@ -63,6 +63,7 @@ def test_two_runs_normalise_to_the_same_bytes_and_keep_what_a_reader_needs(tmp_p
     assert nb["metadata"]["papermill"] == {"input_path": "notebooks/x.ipynb", "output_path": "reports/notebooks/x.ipynb",
                                            "parameters": {"profile": "smoke", "seed": 1}, "default_parameters": {}}
     assert "widgets" not in nb["metadata"]
+    assert set(nb["metadata"]["gramlib"]) == {"commit", "dirty"}  # the tree that ran it (no git here: "unknown")
     params, work = nb["cells"]
     assert params["metadata"] == {"tags": ["injected-parameters"]} and work["metadata"] == {}
     assert [c["execution_count"] for c in nb["cells"]] == [1, 2]
@@ -90,3 +91,17 @@ def test_an_oversized_notebook_is_named_and_left_alone(tmp_path, capsys):
         normalise_notebook(tmp_path / "nowhere.ipynb")
     assert main([str(p), "--root", str(tmp_path)]) == 0  # under the default cap
     assert "big.ipynb" in capsys.readouterr().out
+
+
+def test_site_stamp_reads_the_notebook_then_what_it_wrote(tmp_path):
+    """A page's stamp: profile from Papermill's parameters, commit from the normaliser's record, seeds from
+    the provenance of the files the notebook wrote (nested records included)."""
+    from gramlib.reporting.site import notebook_stamp
+
+    (tmp_path / "chc").mkdir()
+    (tmp_path / "chc" / "metrics.json").write_text(json.dumps({"n": 3, "provenance": {"seeds": [1, 2], "commit": "zzz"}}))
+    (tmp_path / "t.provenance.json").write_text(json.dumps({"profile": "other", "seeds": [7]}))
+    nb = {"metadata": {"papermill": {"parameters": {"profile": "smoke"}}, "gramlib": {"commit": "abc123", "dirty": False}}}
+    assert notebook_stamp(nb, [tmp_path / "chc"]) == {"profile": "smoke", "commit": "abc123", "seeds": [1, 2]}
+    assert notebook_stamp(nb, [tmp_path / "t.provenance.json", tmp_path / "chc"])["seeds"] == [7]
+    assert notebook_stamp({"metadata": {}}, [tmp_path / "missing.json"]) == {"profile": None, "commit": None, "seeds": None}

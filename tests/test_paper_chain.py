@@ -74,6 +74,7 @@ def test_every_table_figure_and_the_index(chain):
     assert not (chain / "reports" / "tables").exists()  # the mini profile's reports are left alone
     executed = sorted(p.name for p in (chain / "reports" / "paper_fixture" / "notebooks").glob("*.ipynb"))
     assert len(executed) >= 15, executed
+    assert (chain / "reports" / "paper_fixture" / "site" / "index.html").exists()  # the report site (issue 19)
 
 
 def test_the_backbone_was_vit_b16_at_224_with_quick_gelu(chain):

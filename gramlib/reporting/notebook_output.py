@@ -111,7 +111,7 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
 
     Kept: sources, outputs (PNG, HTML, text), execution counts (Papermill runs cells in order, so they
     are the same every run), cell tags, the kernel and language records, Papermill's input/output paths
-    and parameters. Dropped: every timestamp and duration, Papermill's environment and version, widget
+    and parameters; added: ``metadata.gramlib`` = the commit (and dirty flag) of the tree that ran it. Dropped: every timestamp and duration, Papermill's environment and version, widget
     state, progress bars; absolute paths of ``root`` (default: the current folder, the repository for a
     DVC stage), of the Python installation and of the home folder are made relative or symbolic.
     """
@@ -132,6 +132,9 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
             if isinstance(meta["papermill"].get(k), str):
                 meta["papermill"][k] = _clean_text(meta["papermill"][k], prefixes)
     meta.pop("widgets", None)
+    from gramlib.reporting.provenance import git_commit
+
+    meta["gramlib"] = git_commit(Path(root) if root is not None else Path.cwd())  # the commit that ran it (site stamps)
     n_outputs = 0
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k not in ("execution", "papermill", "ExecuteTime")}
