@@ -201,8 +201,8 @@ def write_source(reports: str | os.PathLike, src: str | os.PathLike, audit: str 
 
 def build_site(reports: str | os.PathLike, out: str | os.PathLike, src: str | os.PathLike | None = None,
                audit: str | os.PathLike | None = None) -> Path:
-    """Write the source folder and build the HTML site into ``out`` (atomically: a failed build leaves
-    the previous site in place). Sphinx warnings are errors: a broken reference fails the stage."""
+    """Write the source folder and build the HTML site into ``out`` (a failed build leaves the previous
+    site in place). Sphinx warnings are errors: a broken reference fails the stage."""
     from sphinx.cmd.build import build_main
 
     import tempfile
@@ -211,12 +211,13 @@ def build_site(reports: str | os.PathLike, out: str | os.PathLike, src: str | os
     with tempfile.TemporaryDirectory(prefix="gram-site-") as work:
         source = Path(src) if src is not None else Path(work) / "src"
         write_source(reports, source, audit)
+        html = Path(work) / "build" / "html"  # myst-nb also writes build/jupyter_execute: kept out of reports/
+        code = build_main(["-b", "html", "-q", "-W", "--keep-going", "-d", str(Path(work) / "doctrees"), str(source), str(html)])
+        if code != 0:
+            raise RuntimeError(f"sphinx-build of the report site failed ({code}): see its warnings above")
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        code = build_main(["-b", "html", "-q", "-W", "--keep-going", "-d", str(Path(work) / "doctrees"), str(source), str(tmp)])
-        if code != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RuntimeError(f"sphinx-build of the report site failed ({code}): see its warnings above")
+        shutil.copytree(html, tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
