@@ -62,6 +62,7 @@ author = "gram-companion"
 extensions = ["myst_nb"]
 nb_execution_mode = "off"          # the notebooks were executed by the pipeline (Papermill)
 nb_merge_streams = True
+nb_render_markdown_format = "myst"  # Markdown outputs (the tables' display(Markdown(...))) with pipe tables
 myst_heading_anchors = 3
 html_theme = "alabaster"
 html_title = {project!r}

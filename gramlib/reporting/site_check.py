@@ -51,6 +51,8 @@ def _local(url: str) -> Path | None:
 
 
 _IMAGES_JS = "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+_FIRST_TABLE_JS = ("() => { const t = document.querySelector('main table, .body table, table');"
+                   " if (t) { (t.closest('.cell') || t).scrollIntoView(); } }")
 _LINKS_JS = "Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
 
 
@@ -99,8 +101,9 @@ def check_site(site: str | os.PathLike, screenshots: Mapping[str, str | os.PathL
                         seen.add(target)
                         todo.append(target)
                 report.problems += [f"{name}: {p}" for p in problems]
-                if name in wanted:
+                if name in wanted:  # the first table in view (a results page), else the top of the page
                     wanted[name].parent.mkdir(parents=True, exist_ok=True)
+                    page.evaluate(_FIRST_TABLE_JS)
                     page.screenshot(path=str(wanted[name]), full_page=False)
                     report.screenshots[name] = str(wanted[name])
         finally:
