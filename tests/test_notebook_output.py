@@ -44,7 +44,7 @@ def _executed(root, run: int) -> nbformat.NotebookNode:
         nbformat.v4.new_output("display_data", data={"image/png": PNG, "text/plain": "<IPython.core.display.Image object>"}),
         nbformat.v4.new_output("stream", name="stderr", text=f"\r100%|██████████| 10/10 [00:0{run}<00:00]\n"),
     ]
-    params.id, work.id = "p", "w"  # Papermill keeps the source notebook's cell ids
+    params.id, work.id = f"{run}e7f3a9", "w"  # Papermill keeps the source's ids, draws one for the cell it injects
     nb.cells = [params, work]
     return nb
 
@@ -66,6 +66,7 @@ def test_two_runs_normalise_to_the_same_bytes_and_keep_what_a_reader_needs(tmp_p
     assert set(nb["metadata"]["gramlib"]) == {"commit", "dirty"}  # the tree that ran it (no git here: "unknown")
     params, work = nb["cells"]
     assert params["metadata"] == {"tags": ["injected-parameters"]} and work["metadata"] == {}
+    assert (params["id"], work["id"]) == ("injected-parameters", "w")
     assert [c["execution_count"] for c in nb["cells"]] == [1, 2]
     err, out, res, img = work["outputs"]  # the progress-only stderr output is gone
     assert _j(err["text"]) == ("<python>/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"

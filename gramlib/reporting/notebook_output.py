@@ -111,9 +111,11 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
 
     Kept: sources, outputs (PNG, HTML, text), execution counts (Papermill runs cells in order, so they
     are the same every run), cell tags, the kernel and language records, Papermill's input/output paths
-    and parameters; added: ``metadata.gramlib`` = the commit (and dirty flag) of the tree that ran it. Dropped: every timestamp and duration, Papermill's environment and version, widget
-    state, progress bars; absolute paths of ``root`` (default: the current folder, the repository for a
-    DVC stage), of the Python installation and of the home folder are made relative or symbolic.
+    and parameters. Added: ``metadata.gramlib``, the commit (and dirty flag) of the tree that ran it.
+    Dropped or fixed: every timestamp and duration, Papermill's environment and version, widget state,
+    progress bars, the random id of the cell Papermill injects; absolute paths of ``root`` (default: the
+    current folder, the repository for a DVC stage), of the Python installation and of the home folder
+    are made relative or symbolic.
     """
     import nbformat
 
@@ -138,6 +140,8 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
     n_outputs = 0
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k not in ("execution", "papermill", "ExecuteTime")}
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # Papermill draws a new random id for the cell it injects
         if cell.cell_type != "code":
             continue
         outs = [o for o in (_clean_output(dict(o), prefixes) for o in cell.outputs) if o is not None]
