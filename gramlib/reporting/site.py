@@ -128,16 +128,6 @@ def _outs_of(stem: str, reports: Path) -> list[Path]:
     return []
 
 
-def _title(nb: dict[str, Any], stem: str) -> str:
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "markdown":
-            src = "".join(cell.get("source", []))
-            for line in src.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return stem
-
-
 def write_source(reports: str | os.PathLike, src: str | os.PathLike, audit: str | os.PathLike | None = None) -> list[str]:
     """The Sphinx source folder for the executed notebooks under ``<reports>/notebooks`` (the audit from
     ``audit``, default ``reports/notebooks``): stamped copies, the tables, the figures, the index pages.
