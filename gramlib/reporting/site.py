@@ -208,7 +208,7 @@ def build_site(reports: str | os.PathLike, out: str | os.PathLike, src: str | os
             raise RuntimeError(f"sphinx-build of the report site failed ({code}): see its warnings above")
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(html, tmp)
+        shutil.move(html, tmp)  # one copy across filesystems (the temporary folder is elsewhere)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
