@@ -120,12 +120,13 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
     import nbformat
 
     from gramlib.io import write_text
+    from gramlib.reporting.provenance import git_commit
 
-    path = Path(path)
+    path, root = Path(path), Path(root) if root is not None else Path.cwd()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no executed notebook (did Papermill run?)")
     nb = nbformat.read(path, as_version=4)
-    prefixes = _path_prefixes(Path(root) if root is not None else Path.cwd())
+    prefixes = _path_prefixes(root)
     meta = nb.metadata
     if "papermill" in meta:
         pm = meta["papermill"]
@@ -134,9 +135,7 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
             if isinstance(meta["papermill"].get(k), str):
                 meta["papermill"][k] = _clean_text(meta["papermill"][k], prefixes)
     meta.pop("widgets", None)
-    from gramlib.reporting.provenance import git_commit
-
-    meta["gramlib"] = git_commit(Path(root) if root is not None else Path.cwd())  # the commit that ran it (site stamps)
+    meta["gramlib"] = git_commit(root)  # the commit that ran it (the site's page stamps)
     n_outputs = 0
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k not in ("execution", "papermill", "ExecuteTime")}
