@@ -51,3 +51,24 @@ def test_cuml_extra_is_declared_and_documented():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("cuml") for dep in extras["paper-gpu"])
     assert '.[paper-gpu]' in (REPO / "README.md").read_text()
+
+
+def test_paper_profile_settings_are_the_papers():
+    """Issue 16 item 4: settings the paper states are not mini's CPU shortcuts on the paper profile."""
+    from gramlib.config import load_params
+    from gramlib.experiments.suite import suite_config
+    from gramlib.restore.learner import RestoreConfig
+    from gramlib.tuning.train import TrainConfig
+
+    paper = suite_config("paper", load_params())
+    assert paper.train == {}  # no per-learner deviation from the one recipe (mini has batch-size ones)
+    for learner in ("coop", "cocoop", "vpt", "ivlp", "maple", "restore"):
+        assert TrainConfig.for_learner(learner).epochs == 10  # GRAM §4.1; RESTORE §4.1's base-to-novel epochs
+    cocoop = TrainConfig.for_learner("cocoop")
+    assert (cocoop.batch_size, cocoop.lr) == (1, 0.002)  # CoCoOp's single recipe
+    assert paper.augment == "aug:10"  # CoCoOp's crops (8-100 % of the area) and flips; mini crops 50-100 %
+    # λ_fs = 1: RESTORE's own row carries no override (mini's is 0.001)
+    assert "lambda_fs" not in paper.methods["RESTORE"].learner_opts and RestoreConfig().lambda_fs == 1.0
+    for name in ("base2new", "transfer16"):  # CoCoOp is in the paper's tables (mini skips it for CPU time)
+        assert "CoCoOp" in paper.experiments[name].methods and paper.experiments[name].shots == 16
+    assert paper.tables["table6"][0] == "UNIGRAM"  # Tables 6-7 hosted by UNIGRAM, as in the paper

@@ -92,6 +92,7 @@ class CoopDataset:
     classnames: list[str]
     lab2cname: dict[int, str]
     fewshot_val: bool = True
+    dataset_dir: Path | None = None  # where CoOp keeps split_fewshot/ (None: a dataset built in memory)
 
     @property
     def num_classes(self) -> int:
@@ -494,7 +495,7 @@ def load_dataset(root: str | os.PathLike, name: str, registry: Mapping[str, Data
         verify_images([d for k in SPLITS for d in splits[k]], source=dataset_dir)
     classnames_list, lab2cname = _label_map(spec.name, splits, listed)  # listed: {} where a split file names the classes
     return CoopDataset(spec.name, image_dir, list(splits["train"]), list(splits["val"]),
-                       list(splits["test"]), classnames_list, lab2cname, spec.fewshot_val)
+                       list(splits["test"]), classnames_list, lab2cname, spec.fewshot_val, dataset_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,6 +583,9 @@ def fewshot_split(dataset: CoopDataset, shots: int, seed: int, cache_dir: str | 
         return dataset
     if not dataset.train:
         raise ValueError(f"{dataset.name}: no train split to sample shots from (a test-only dataset?)")
+    coop = coop_fewshot(dataset, shots, seed) if not repeat else None
+    if coop is not None:
+        return coop
     path = fewshot_cache_path(cache_dir, dataset.name, shots, seed, repeat) if cache_dir else None
     fp = _fingerprint(dataset)
     obj = read_json(path) if path is not None and path.is_file() else None
@@ -610,6 +614,35 @@ def fewshot_split(dataset: CoopDataset, shots: int, seed: int, cache_dir: str | 
             log.info("wrote few-shot selection %s", path)
     if not dataset.fewshot_val:
         val = list(dataset.val)
+    return dataclasses.replace(dataset, train=train, val=val)
+
+
+def coop_fewshot(dataset: CoopDataset, shots: int, seed: int) -> CoopDataset | None:
+    """CoOp's own selection when its ``split_fewshot`` pickle is in the dataset folder, else None.
+
+    The pickle (read by a restricted unpickler, :mod:`gramlib.data.coop_pickle`) wins over our sampling:
+    it holds the images CoOp's published numbers used. Whether Dassl's rule here picks the same is logged.
+    """
+    from gramlib.data.coop_pickle import load_split_fewshot, match_items, split_fewshot_path
+
+    if dataset.dataset_dir is None:
+        return None
+    path = split_fewshot_path(dataset.dataset_dir, shots, seed)
+    if not path.is_file():
+        return None
+    recs = load_split_fewshot(path)
+    train = match_items(recs["train"], dataset.train, dataset.image_dir, f"{path}: train")
+    if not dataset.fewshot_val:  # ImageNet: CoOp pickles train only; val stays the test set
+        val = list(dataset.val)
+    elif "val" in recs:
+        val = match_items(recs["val"], dataset.val, dataset.image_dir, f"{path}: val")
+    else:
+        raise ValueError(f"{path}: no val selection; CoOp writes train and val for {dataset.name}")
+    rng = random.Random(seed)
+    ours = generate_fewshot(dataset.train, shots, rng, dataset=dataset.name, split="train")
+    same = [d.impath for d in ours] == [d.impath for d in train]
+    log.log(logging.INFO if same else logging.WARNING, "%s: CoOp's few-shot selection used (%d train, %d val); "
+            "Dassl's rule here picks %s", path, len(train), len(val), "the same images" if same else "other images")
     return dataclasses.replace(dataset, train=train, val=val)
 
 
