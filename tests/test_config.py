@@ -124,7 +124,7 @@ WRONG_TYPES = [
     ("mini", "chc/filter/threshold", "10", "float"),
     ("paper", "profiles/paper/chc/topics/fit_sample", "200000", "int | None"),
     ("mini", "meta/meta/lr_theta", "1e-3", "float"),
-    ("mini", "meta/variants/coop_gram_meta2/seed", "2", "int"),
+    ("mini", "meta/seed", "1", "int"),
     ("mini", "profiles/mini/meta/variants/vpt_gram/steps", "150", "int"),  # the YAML anchor of the image-side runs
     ("mini", "meta/pretrain/lr", "2e-3", "float"),
     ("paper", "suite/experiments/base2new/shots", "16", "int"),

@@ -228,7 +228,10 @@ def test_required_runs_follow_the_tables(params):
 
     mini = required_runs("mini", params)
     assert {"coop_gram", "vpt_gram", "unigram", "coop_gram_pretrain", "coop_no_regulator"} <= set(mini)
-    assert not any(r.startswith("unigram_") for r in mini)
+    # paired meta seeds (issue 14): every GRAM row's seeds 2 and 3 tune from runs of task-sampler seeds 2, 3
+    assert {"vpt_gram@seed2", "vpt_gram@seed3", "unigram@seed3", "coop_gram_pretrain@seed2",
+            "coop_no_regulator@seed3"} <= set(mini)
+    assert not any(r.startswith("unigram_") or r.endswith("@seed1") for r in mini)
     paper = required_runs("paper", params)
     assert {"unigram_pretrain", "unigram_no_regulator", "unigram_tokens_8"} <= set(paper)
 

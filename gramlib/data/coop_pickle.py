@@ -16,8 +16,6 @@ import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
-from gramlib.data.coop import Datum
-
 # the one class a Dassl few-shot pickle may name (dassl/data/datasets/base_dataset.py)
 DASSL_DATUM = ("dassl.data.datasets.base_dataset", "Datum")
 
@@ -75,10 +73,10 @@ def load_split_fewshot(path: str | os.PathLike) -> dict[str, list[dict[str, Any]
     return out
 
 
-def match_items(records: Sequence[dict[str, Any]], ours: Sequence[Datum], image_dir: Path,
-                where: str) -> list[Datum]:
-    """Our ``Datum`` for each pickled record: the longest suffix of its path that is one of our image paths."""
-    index: dict[tuple[str, ...], Datum] = {}
+def match_items(records: Sequence[dict[str, Any]], ours: Sequence[Any], image_dir: Path, where: str) -> list[Any]:
+    """Our ``gramlib.data.coop.Datum`` for each pickled record (this module does not import coop.py, which
+    imports it): the longest suffix of the pickled path that is one of our image paths."""
+    index: dict[tuple[str, ...], Any] = {}
     for d in ours:
         index[Path(d.impath).relative_to(image_dir).parts] = d
     depth = max((len(k) for k in index), default=0)

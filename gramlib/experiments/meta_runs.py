@@ -60,9 +60,13 @@ def run_config(profile: Profile, name: str, params: dict | None = None) -> tuple
     from gramlib.gram.run_config import meta_train_config
     from gramlib.gram.pretrain_prompts import pretrain_config
 
+    from gramlib.gram.run_names import split_run, with_seed
+
     params = load_params() if params is None else params
-    if name.endswith(PRETRAIN_SUFFIX):
-        return "pretrain", dataclasses.asdict(pretrain_config(profile.name, name[: -len(PRETRAIN_SUFFIX)], params))
+    base, seed = split_run(name)
+    if base.endswith(PRETRAIN_SUFFIX):
+        cfg = with_seed(pretrain_config(profile.name, base[: -len(PRETRAIN_SUFFIX)], params), name, seed)
+        return "pretrain", dataclasses.asdict(cfg)
     return "meta", meta_train_config(profile.name, name, params).to_dict()
 
 

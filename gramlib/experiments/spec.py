@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gramlib.config import drop_keys, load_params, merge_layers, section_layers, sub_layers, typed
+from gramlib.gram.run_names import SEED_TAG, seeded_run
 
 #: a run name ``<variant>_pretrain`` is the "w/o meta-learning" ablation of meta-training variant ``<variant>``
 PRETRAIN_SUFFIX = "_pretrain"
 
 SUITE_PROTOCOLS = ("base2new", "transfer")
+#: how a meta method's runs meet the data seeds: "one" run for every seed, or data seed s tuned from run s
+META_SEEDS = ("one", "paired")
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,24 @@ class MethodSpec:
     # a meta method's two parts, each on or off (notebook 03's ablation at a glance):
     theta: str = "meta"  # "meta": start from θ*; "hand": the learner's own start ("a photo of a")
     regulator: str = "meta"  # "meta": R^φ* regulates the few-shot gradient (eq. 7); "identity": the raw gradient
+    # "paired": data seed s tunes from the run repeated with task-sampler seed s (``<meta>@seed<s>``), so the
+    # row's spread over seeds includes meta-training draws; "one": every seed from ``meta``; None: suite's
+    meta_seeds: str | None = None
+
+    def meta_run(self, seed: int) -> str | None:
+        """The meta-training run that data seed ``seed`` of this row tunes from (None: a plain learner)."""
+        if self.meta is None:
+            return None
+        return seeded_run(self.meta, seed) if self.meta_seeds == "paired" else self.meta
 
     def __post_init__(self) -> None:
+        if self.meta_seeds is not None:
+            if self.meta_seeds not in META_SEEDS:
+                raise ValueError(f"method {self.name!r}: meta_seeds must be one of {META_SEEDS}, got {self.meta_seeds!r}")
+            if self.meta is None and self.meta_seeds == "paired":
+                raise ValueError(f"method {self.name!r}: meta_seeds pairs meta-training runs with data seeds ('meta' methods only)")
+            if self.meta_seeds == "paired" and self.meta is not None and SEED_TAG in self.meta:
+                raise ValueError(f"method {self.name!r}: meta {self.meta!r} names one seeded run; 'paired' needs the variant")
         if (self.learner is None) == (self.meta is None):
             raise ValueError(f"method {self.name!r}: give exactly one of 'learner' or 'meta'")
         if self.meta is not None and self.learner_opts:
@@ -104,9 +123,14 @@ class SuiteConfig:
     # training inputs of every tuning run: "aug:N" = CoCoOp's random resized crop + flip as N views drawn
     # once (image features cached on disk), one view per image per epoch; "none" = the eval transform
     augment: str = "aug:10"
+    # default of every meta method's ``meta_seeds`` ("one" | "paired", see MethodSpec)
+    meta_seeds: str = "one"
 
     def __post_init__(self) -> None:
         from gramlib.tuning.inputs import parse_policy
+
+        if self.meta_seeds not in META_SEEDS:
+            raise ValueError(f"suite.meta_seeds must be one of {META_SEEDS}, got {self.meta_seeds!r}")
 
         try:
             parse_policy(self.augment)
@@ -137,6 +161,9 @@ def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequen
         methods[n] = typed(MethodSpec, block, where, over=over, fixed={"name": n})
     (where, block), *over = drop_keys(layers, "methods", "experiments")
     cfg = typed(SuiteConfig, block, where, over=over, fixed={"methods": methods, "experiments": {}})
+    cfg = dataclasses.replace(cfg, methods={  # a meta method without its own meta_seeds takes the suite's
+        n: dataclasses.replace(m, meta_seeds=cfg.meta_seeds) if m.meta is not None and m.meta_seeds is None else m
+        for n, m in methods.items()})
     for learner in cfg.train:  # per-learner TrainConfig overrides
         if learner not in LEARNER_DEFAULTS:
             raise ValueError(f"params.yaml: suite.train: unknown learner {learner!r}; "
@@ -173,12 +200,20 @@ def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequen
     return dataclasses.replace(cfg, experiments=exps)
 
 
+def experiment_runs(cfg: SuiteConfig, exp: Experiment) -> list[str]:
+    """The meta-training runs an experiment's units tune from (each method at each seed), first use first."""
+    names: list[str] = []
+    for m in exp.methods:
+        for seed in exp.seeds:
+            run = cfg.methods[m].meta_run(seed)
+            if run is not None and run not in names:
+                names.append(run)
+    return names
+
+
 def required_runs(cfg: SuiteConfig) -> list[str]:
     """The meta-training runs the methods of the experiments use, in first-use order."""
     names: list[str] = []
     for exp in cfg.experiments.values():
-        for m in exp.methods:
-            meta = cfg.methods[m].meta
-            if meta is not None and meta not in names:
-                names.append(meta)
+        names += [r for r in experiment_runs(cfg, exp) if r not in names]
     return names

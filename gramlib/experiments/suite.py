@@ -40,7 +40,7 @@ import pandas as pd
 
 from gramlib.compute import ComputeConfig, compute_config, map_units
 from gramlib.config import Profile, get_profile, load_params
-from gramlib.experiments.spec import Experiment, MethodSpec, SuiteConfig, suite_config
+from gramlib.experiments.spec import Experiment, MethodSpec, SuiteConfig, experiment_runs, suite_config
 from gramlib.io import read_json, stable_hash, write_json
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,16 @@ def meta_dir(profile: Profile, variant: str) -> Path:
     return profile.artifacts / "meta" / variant
 
 
-def resolve(profile: Profile, spec: MethodSpec) -> tuple[str, dict[str, Any], dict | None, Callable | None]:
-    """(learner name, learner options, θ init or None, gradient hook or None) of a method."""
+def resolve(profile: Profile, spec: MethodSpec, seed: int = 1) -> tuple[str, dict[str, Any], dict | None, Callable | None]:
+    """(learner name, learner options, θ init or None, gradient hook or None) of a method at data seed ``seed``
+    (a ``meta_seeds: paired`` method tunes seed s from meta-training run s)."""
     if spec.meta is None:
         return spec.learner, dict(spec.learner_opts), None, None
     from gramlib.gram.test_time import load_meta_result, regulator_hook
 
     from gramlib.gram.run_config import initial_learner_options
 
-    res = load_meta_result(meta_dir(profile, spec.meta))
+    res = load_meta_result(meta_dir(profile, spec.meta_run(seed)))
     if spec.theta == "hand":  # the learner's own start, tuned with the run's R^φ* (or without)
         opts, theta0 = initial_learner_options(res.cfg.learner, res.cfg.learner_cfg, "learner"), None
     else:
@@ -159,7 +160,7 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     prof = env.profile
     exp = cfg.experiment(unit.experiment)
     spec = cfg.methods[unit.method]
-    learner, opts, theta0, hook = resolve(prof, spec)
+    learner, opts, theta0, hook = resolve(prof, spec, unit.seed)
     train = dict(cfg.train.get(learner) or {})
     if exp.epochs is not None:
         train["epochs"] = exp.epochs
@@ -214,9 +215,10 @@ def unit_learner(profile_name: str, cfg: SuiteConfig, method: str, params: dict 
         return spec.learner
     from gramlib.experiments.spec import PRETRAIN_SUFFIX
     from gramlib.gram.run_config import meta_train_config
+    from gramlib.gram.run_names import split_run
 
-    # "<variant>_pretrain" is the prompt pre-training ablation of <variant>: the same learner
-    return meta_train_config(profile_name, spec.meta.removesuffix(PRETRAIN_SUFFIX), params).learner
+    # "<variant>_pretrain" is the prompt pre-training ablation of <variant>: the same learner (any seed)
+    return meta_train_config(profile_name, split_run(spec.meta)[0].removesuffix(PRETRAIN_SUFFIX), params).learner
 
 
 def longest_first(todo: list[Unit], cfg: SuiteConfig, profile_name: str, params: dict | None = None) -> list[Unit]:
@@ -292,7 +294,7 @@ def experiment_fingerprint(profile: Profile, cfg: SuiteConfig, name: str) -> dic
 
     exp = cfg.experiment(name)
     learners = {unit_learner(profile.name, cfg, m) for m in exp.methods}
-    metas = sorted({cfg.methods[m].meta for m in exp.methods if cfg.methods[m].meta})
+    metas = sorted(experiment_runs(cfg, exp))
     bdir = backbone_dir(profile)
     coop = profile.root / profile.coop_dir
     listing = sorted((str(f.relative_to(coop)), f.stat().st_size) for f in coop.rglob("*") if f.is_file()) \
@@ -322,10 +324,12 @@ def run_experiment(profile: Profile, cfg: SuiteConfig, name: str, out: str | os.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for m in exp.methods:  # fail before any training when a meta run is missing
-        if cfg.methods[m].meta is not None:
-            d = meta_dir(profile, cfg.methods[m].meta)
-            if not (d / "theta_star.safetensors").exists():
-                raise FileNotFoundError(f"method {m!r} needs the meta-training run {d}: run the stage meta_train (gramlib meta-train)")
+        for seed in exp.seeds:
+            if (run := cfg.methods[m].meta_run(seed)) is not None:
+                d = meta_dir(profile, run)
+                if not (d / "theta_star.safetensors").exists():
+                    raise FileNotFoundError(f"method {m!r} (seed {seed}) needs the meta-training run {d}: run the stage "
+                                            "meta_train (gramlib meta-train)")
     fp = stable_hash(experiment_fingerprint(profile, cfg, name))
     done = read_done(out, fp)
     if not done:  # rows without a units file, or of another configuration, code or inputs: start over

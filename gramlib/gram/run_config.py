@@ -14,6 +14,7 @@ from typing import Any
 
 from gramlib.config import Layer, drop_keys, load_params, merge_layers, section_layers, sub_layers, typed
 from gramlib.gram.meta import MetaConfig
+from gramlib.gram.run_names import split_run, with_seed
 from gramlib.gram.tasks import TaskConfig
 
 TASK_SOURCES = ("chc", "truth", "labelled")
@@ -120,7 +121,9 @@ def meta_params(profile_name: str, variant: str | None = None, params: dict | No
 
 
 def meta_train_config(profile_name: str, variant: str | None = None, params: dict | None = None) -> MetaTrainConfig:
-    """The resolved run of ``variant`` (None: the section's base run) on a profile; strict."""
+    """The resolved run of ``variant`` (None: the section's base run; ``<variant>@seed<s>``: the variant with
+    task-sampler seed s) on a profile; strict."""
+    base, seed = split_run(variant) if variant is not None else (None, None)
     # meta.pretrain: the w/o-meta-learning ablation's own settings (gramlib.gram.pretrain_prompts.pretrain_config)
-    (where, block), *over = drop_keys(meta_layers(profile_name, variant, params), "pretrain")
-    return typed(MetaTrainConfig, block, where, over=over)
+    (where, block), *over = drop_keys(meta_layers(profile_name, base, params), "pretrain")
+    return with_seed(typed(MetaTrainConfig, block, where, over=over), variant, seed)

@@ -293,12 +293,13 @@ def describe_check(check: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.DataFrame:
+def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str, label: str | None = None) -> pd.DataFrame:
     """One GRAM method meta-trained several times (``runs``: its rows, one per task-sampler seed),
     against ``reference`` (its plain host): TABLE_COLUMNS rows on the ``Average`` dataset, each run's
-    seed-averaged base / new / H, then ``<first run> over meta seeds``: mean and std over the runs
-    (n_seeds = number of runs). The std over data seeds of one run understates GRAM's uncertainty when
-    the meta-training draw moves the result more than the few-shot draw does."""
+    seed-averaged base / new / H, then ``label`` (default ``<first run> over meta seeds``): mean and std
+    over the runs (n_seeds = number of runs). The std over data seeds of one run understates GRAM's
+    uncertainty when the meta-training draw moves the result more than the few-shot draw does."""
+    label = label if label is not None else f"{runs[0]} over meta seeds"
     table = base_to_new_table(rows[rows["method"].isin(runs + [reference])])
     avg = table[table["dataset"] == "Average"]
     present = [m for m in [reference] + runs if m in set(avg["method"])]
@@ -306,7 +307,7 @@ def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str) -> pd.
     out["order"] = out["method"].map({m: i for i, m in enumerate(present)})
     out = out.sort_values(["order", "metric"], kind="stable").drop(columns="order")
     per = avg[avg["method"].isin(runs)].pivot_table(index="method", columns="metric", values="mean")
-    spread = pd.DataFrame([["Average", f"{runs[0]} over meta seeds", metric, float(per[metric].mean()),
+    spread = pd.DataFrame([["Average", label, metric, float(per[metric].mean()),
                             _std(per[metric]), len(per)] for metric in ("base", "new", "H") if len(per)],
                           columns=TABLE_COLUMNS[:6])
     spread = with_intervals(spread)  # over the meta-training runs
