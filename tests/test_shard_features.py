@@ -113,3 +113,52 @@ def test_actor_pools_leave_the_cpus_ray_data_needs():
     assert actor_pool({"CPU": 16.0}, UnitResources(cpus=2, gpus=0)) == (7, {}, "cpu")
     assert actor_pool({"CPU": 1.0}, UnitResources(cpus=1, gpus=0))[0] == 1  # never an empty pool
     assert actor_pool({"CPU": 16.0, "GPU": 8.0}, UnitResources(cpus=1, gpus=0.5)) == (16, {"num_gpus": 0.5}, "cuda")
+
+
+@pytest.mark.timeout(600)
+def test_a_ray_extraction_killed_mid_job_resumes_with_no_shard_done_twice(smoke, shards, tmp_path):
+    """SIGKILL of the whole Ray job (driver, its local cluster and encoder actors) the moment its first
+    shard file is complete; the rerun computes exactly the shards without a finished file, and every
+    shard's features equal the single-process ones."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gramlib.data.shard_features import shard_done
+
+    many = tmp_path / "cc3m"
+    many.mkdir()
+    for k in range(3):  # six shards (names distinct), so the job is mid-way when the first one lands
+        for p in shards[:2]:
+            shutil.copy(p, many / f"{k}{p.name}")
+    jobs = sorted(many.glob("*.tar"))
+    ref = tmp_path / "ref"
+    extract_shard_features(smoke, shards[:2], ref)
+    (tmp_path / "profile.pkl").write_bytes(pickle.dumps(smoke))
+    out, log = tmp_path / "feat", tmp_path / "job.log"
+    code = ("import pathlib, pickle\n"
+            "from gramlib.compute import ComputeConfig\n"
+            "from gramlib.data.shard_features import extract_shard_features\n"
+            f"prof = pickle.loads(pathlib.Path({str(tmp_path / 'profile.pkl')!r}).read_bytes())\n"
+            f"shards = sorted(pathlib.Path({str(many)!r}).glob('*.tar'))\n"
+            f"extract_shard_features(prof, shards, {str(out)!r}, compute=ComputeConfig(backend='ray', num_cpus=2), batch_size=96)\n")
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)]), "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as fh:
+        job = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        deadline = time.monotonic() + 400
+        while not any(shard_done(out, p) for p in jobs):
+            assert job.poll() is None, f"the job ended before its first shard: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "no shard finished in 400 s"
+            time.sleep(0.02)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    finished = {p.name for p in jobs if shard_done(out, p)}
+    assert 0 < len(finished) < len(jobs), finished  # killed mid-job
+    res = extract_shard_features(smoke, jobs, out)
+    assert set(res.reused) == finished and set(res.computed) == {p.name for p in jobs} - finished
+    for p in jobs:
+        np.testing.assert_allclose(np.load(out / f"{p.stem}.npy"), np.load(ref / f"{p.name[1:-4]}.npy"), atol=1e-6, rtol=0)
