@@ -204,3 +204,27 @@ def test_one_recipe_for_every_learner():
     for name, r in recipes.items():
         assert {k: r[k] for k in shared} == shared, name
     assert shared["epochs"] == 10 and shared["warmup_epochs"] == 1
+
+
+def test_reading_a_suite_config_imports_neither_torch_nor_open_clip():
+    """Every table notebook reads the suite's configuration (recipe, augmentation grammar): that must not
+    cost the ~7 s of importing torch and open_clip on 2 cores (gramlib.tuning.recipe is torch-free)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from gramlib.experiments.spec import suite_config\n"
+            "cfg = suite_config('smoke')\n"
+            "assert cfg.augment and cfg.train, cfg\n"
+            "from gramlib.tuning.recipe import TrainConfig, parse_policy\n"
+            "assert TrainConfig.for_learner('coop').lr == 0.002 and parse_policy('aug:3:0.5') == 3\n"
+            "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_the_recipe_names_are_the_same_objects_in_train_and_inputs():
+    from gramlib.tuning import inputs, recipe, train
+
+    assert train.TrainConfig is recipe.TrainConfig and train.LEARNER_DEFAULTS is recipe.LEARNER_DEFAULTS
+    assert train.lr_at is recipe.lr_at and inputs.parse_policy is recipe.parse_policy

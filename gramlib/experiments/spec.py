@@ -127,7 +127,7 @@ class SuiteConfig:
     meta_seeds: str = "one"
 
     def __post_init__(self) -> None:
-        from gramlib.tuning.inputs import parse_policy
+        from gramlib.tuning.recipe import parse_policy
 
         if self.meta_seeds not in META_SEEDS:
             raise ValueError(f"suite.meta_seeds must be one of {META_SEEDS}, got {self.meta_seeds!r}")
@@ -148,7 +148,7 @@ def suite_config(profile_name: str, params: dict | None = None, *, seeds: Sequen
     """params.yaml ``suite`` with the profile's overlay ``profiles.<profile>.suite`` deep-merged over it
     (strict); ``seeds``/``shots`` override every experiment that does not pin its own (the top-level
     ``seeds`` key by default)."""
-    from gramlib.tuning.train import LEARNER_DEFAULTS, TrainConfig
+    from gramlib.tuning.recipe import LEARNER_DEFAULTS, TrainConfig
 
     params = load_params() if params is None else params
     layers = section_layers("suite", profile_name, params)

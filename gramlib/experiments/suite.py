@@ -155,7 +155,7 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     """Train and evaluate one unit in this process; returns its tidy rows (gramlib.experiments.protocols.COLUMNS)
     and, for experiments with ``feature_shift``, its feature-shift rows (SHIFT_COLUMNS)."""
     from gramlib.experiments.protocols import label_transfer, run_unit, unit_data
-    from gramlib.tuning.train import TrainConfig
+    from gramlib.tuning.recipe import TrainConfig
 
     prof = env.profile
     exp = cfg.experiment(unit.experiment)

@@ -21,7 +21,6 @@ whole paper-profile test sets of learners that need pixels (those are encoded in
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,29 +34,8 @@ from gramlib.clip.features import data_identity, encode_images, eval_transform
 from gramlib.data.coop import Datum
 from gramlib.data.transforms import load_image, make_transform
 from gramlib.prompts.base import PromptLearner
+from gramlib.tuning.recipe import MIN_SCALE, parse_policy, policy_scale  # noqa: F401 (re-exported)
 
-_POLICY = re.compile(r"^(none|aug:(\d+)(?::(0?\.\d+|1(?:\.0*)?))?)$")
-MIN_SCALE = 0.08  # CoCoOp's (Dassl's) random resized crop keeps 8-100 % of the image area
-
-
-def parse_policy(policy: str) -> int:
-    """Number of pre-extracted augmented views: ``"none"`` -> 0, ``"aug:N"`` or ``"aug:N:s"`` -> N (N >= 1)."""
-    return _policy(policy)[0]
-
-
-def policy_scale(policy: str) -> tuple[float, float]:
-    """The random resized crop's area range of ``"aug:N:s"``: (s, 1); CoCoOp's (0.08, 1) without ``s``."""
-    return (_policy(policy)[1], 1.0)
-
-
-def _policy(policy: str) -> tuple[int, float]:
-    m = _POLICY.match(policy.strip()) if isinstance(policy, str) else None
-    if m is None or (m.group(2) is not None and int(m.group(2)) < 1) or (m.group(3) is not None and float(m.group(3)) <= 0):
-        raise ValueError(f"augmentation policy must be 'none', 'aug:N' or 'aug:N:s' (N >= 1 views, crops of "
-                         f"s..1 of the area, 0 < s <= 1; default s = {MIN_SCALE}), got {policy!r}")
-    if m.group(2) is None:
-        return 0, MIN_SCALE
-    return int(m.group(2)), float(m.group(3)) if m.group(3) is not None else MIN_SCALE
 
 
 @dataclass

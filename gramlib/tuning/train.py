@@ -34,6 +34,7 @@ from torch import Tensor
 
 from gramlib.checkpoint import checkpoint_step, load_checkpoint, restore_training_state, save_training_checkpoint
 from gramlib.tuning.inputs import TrainData
+from gramlib.tuning.recipe import LEARNER_DEFAULTS, TrainConfig, lr_at  # noqa: F401 (re-exported)
 from gramlib.prompts.base import PromptLearner
 
 log = logging.getLogger(__name__)
@@ -41,79 +42,12 @@ log = logging.getLogger(__name__)
 GradTransform = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 EvalFn = Callable[[PromptLearner, dict[str, Tensor], int], Mapping[str, float]]
 
-# One recipe for every learner (GRAM §4.1: "all methods follow the same training epochs (10 epochs),
-# training schedule, and data augmentation settings in CoCoOp"; RESTORE §4.1: 10 epochs for base-to-novel):
-# SGD, one warm-up epoch, cosine, 10 epochs. Only the batch size and learning rate are each learner's own
-# (CoOp: bs 32, lr 2e-3; CoCoOp: bs 1, lr 2e-3; VPT/IVLP-style prompts: bs 4, lr 3.5e-3 as in MaPLe's IVLP
-# configs; MaPLe and RESTORE: bs 4, lr 3.5e-3, RESTORE §4.1). A profile's deviations are named in
-# params.yaml (profiles.<name>.suite.train) and listed in the README's reproduction notes.
-# Zero-shot has no θ and never trains.
-LEARNER_DEFAULTS: dict[str, dict[str, float]] = {
-    "zeroshot": {"batch_size": 32, "lr": 0.0},
-    "coop": {"batch_size": 32, "lr": 0.002},
-    "cocoop": {"batch_size": 1, "lr": 0.002},
-    "vpt": {"batch_size": 4, "lr": 0.0035},
-    "vpt_deep": {"batch_size": 4, "lr": 0.0035},
-    "joint": {"batch_size": 4, "lr": 0.0035},
-    "ivlp": {"batch_size": 4, "lr": 0.0035},
-    "maple": {"batch_size": 4, "lr": 0.0035},
-    "restore": {"batch_size": 4, "lr": 0.0035},
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The few-shot tuning recipe; ``for_learner`` fills batch size and lr from LEARNER_DEFAULTS."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    seed: int = 1
-    precision: str = "auto"  # auto: fp32 on CPU, bf16 autocast on CUDA; or "fp32" / "bf16"
-    eval_every: int = 1  # call eval_fn every k epochs (and always after the last)
-    # at most this many batches per epoch (None: all): shrinks a run's steps through params alone, as the
-    # paper_fixture profile does on CPU; the lr schedule is per epoch, so it is unchanged
-    max_batches_per_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.lr < 0 or self.warmup_lr < 0 or self.weight_decay < 0:
-            raise ValueError("lr, warmup_lr and weight_decay must be >= 0")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
-            raise ValueError(f"max_batches_per_epoch must be >= 1 or None, got {self.max_batches_per_epoch}")
-
-    @classmethod
-    def for_learner(cls, name: str, **overrides: Any) -> TrainConfig:
-        if name not in LEARNER_DEFAULTS:
-            raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(LEARNER_DEFAULTS))}")
-        return cls(**{**LEARNER_DEFAULTS[name], **{k: v for k, v in overrides.items() if v is not None}})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 @dataclass
 class TrainResult:
     theta: dict[str, Tensor]
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int | None = None  # last completed epoch found in ckpt_dir (None: fresh start)
     runtime_s: float = 0.0  # wall time of this call (training + evaluation)
-
-
-def lr_at(epoch: int, cfg: TrainConfig) -> float:
-    """Learning rate of 0-based ``epoch``: constant warm-up, then Dassl's per-epoch cosine."""
-    if epoch < cfg.warmup_epochs:
-        return cfg.warmup_lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
