@@ -162,3 +162,63 @@ def test_bad_inputs(env, tmp_path, capsys, caplog):
         learner = make_learner(env, method, "a photo of a {}.")
         with pytest.raises(ValueError, match=r"mini_x: class name .*does not fit.*context length is 24"):
             check_classnames(learner, ["dog", long_name], "mini_x")
+
+
+@pytest.mark.parametrize("method", ["coop", "vpt"])
+def test_targets_with_the_same_classes_share_one_text_pass(env, monkeypatch, method):
+    """ImageNet, -V2 and -Sketch have the same 1,000 classes: under a learned context their class features
+    are computed once per evaluation. A template learner (VPT) keeps each target's own frozen features
+    (its template may differ), so nothing is shared there; the accuracies equal unshared evaluation."""
+    from dataclasses import replace
+
+    from gramlib.experiments import protocols
+
+    name = env.profile.datasets[0]
+    base, (base_t, new_t) = unit_data(env, "base2new", name, 4, 1)
+    twins = [base_t, replace(base_t, split="base twin"), new_t]
+    seen = []
+    real = protocols.class_features
+
+    def counted(learner, theta, data, **kw):
+        seen.append(tuple(data.classnames))
+        return real(learner, theta, data, **kw)
+
+    monkeypatch.setattr(protocols, "class_features", counted)
+    rows = run_unit(env, "base2new", method, 1, 4, base, twins, train=FAST)
+    acc = {r["split"]: r["accuracy"] for r in rows if r["epoch"] == 2}
+    assert acc["base"] == acc["base twin"]
+    assert len(seen) == 2 * (2 if method == "coop" else 3)  # two evaluated epochs
+    monkeypatch.setattr(protocols, "class_features", lambda *a, **kw: None)  # no sharing: predict's own pass
+    again = run_unit(env, "base2new", method, 1, 4, base, twins, train=FAST)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+
+
+def test_frozen_class_text_features_are_cached_by_their_sentences(env, tmp_path, monkeypatch):
+    """Zero-shot / VPT text features: stored once per (weights, learner, prompt sentences), loaded as the
+    very tensor computed; another template is another entry; a learner of other weights is not cached."""
+    from gramlib.tuning.inputs import class_text_bank
+
+    names = load_dataset(env.coop_root, env.profile.datasets[0]).classnames
+    zs = make_learner(env, "zeroshot", "a photo of a {}.")
+    computed = zs.frozen_text_features(names)
+    calls = [0]
+    real = zs.frozen_text_features
+
+    def counted(classnames):
+        calls[0] += 1
+        return real(classnames)
+
+    monkeypatch.setattr(zs, "frozen_text_features", counted)
+    first = class_text_bank(zs, names, env.backbone, tmp_path)
+    again = class_text_bank(zs, names, env.backbone, tmp_path)
+    assert calls[0] == 1 and torch.equal(first, computed) and torch.equal(again, computed)
+    zs.template = "a drawing of a {}."
+    other = class_text_bank(zs, names, env.backbone, tmp_path)
+    assert calls[0] == 2 and not torch.equal(other, computed)
+    assert len(list((tmp_path / "class_text").glob("*.npy"))) == 2
+    assert class_text_bank(make_learner(env, "coop", "a photo of a {}."), names, env.backbone, tmp_path) is None
+    import copy
+
+    foreign = copy.deepcopy(zs)  # its own copy of the weights: never keyed by env.backbone's identity
+    assert torch.equal(class_text_bank(foreign, names, env.backbone, tmp_path), other)
+    assert len(list((tmp_path / "class_text").glob("*.npy"))) == 2

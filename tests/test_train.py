@@ -228,3 +228,65 @@ def test_the_recipe_names_are_the_same_objects_in_train_and_inputs():
 
     assert train.TrainConfig is recipe.TrainConfig and train.LEARNER_DEFAULTS is recipe.LEARNER_DEFAULTS
     assert train.lr_at is recipe.lr_at and inputs.parse_policy is recipe.parse_policy
+
+
+def _count_text_passes(monkeypatch, learner) -> list[int]:
+    calls = [0]
+    real = learner.encode_text
+
+    def counted(theta, classnames, *a, **kw):
+        calls[0] += 1
+        return real(theta, classnames, *a, **kw)
+
+    monkeypatch.setattr(learner, "encode_text", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["coop", "maple", "ivlp"])
+def test_prediction_runs_the_text_tower_once_and_equals_the_per_batch_logits(tiny, images, monkeypatch, name):
+    """Evaluation under a fixed θ: one text pass for all image batches; the labels are those of eq. 1's
+    logits computed batch by batch with their own text pass (the reference, written out here)."""
+    from gramlib.tuning.train import class_features, predict
+
+    torch.manual_seed(0)
+    learner = build_learner(name, *tiny)
+    theta = {k: v.detach() + 0.3 * torch.randn_like(v) for k, v in learner.prompt_params().items()}
+    data = _feature_data(learner, images) if learner.caches_image_features else _pixel_data(learner, images)
+    x = data.bank.views[0]
+    with torch.no_grad():
+        reference = torch.cat([learner.logits(theta, x[s:s + 5], CLASSES).argmax(-1) for s in range(0, len(x), 5)])
+    calls = _count_text_passes(monkeypatch, learner)
+    got = predict(learner, theta, data, batch_size=5)
+    assert calls[0] == 1  # 24 images in 5 batches: before, 5 text passes
+    assert torch.equal(got, reference)
+    shared = class_features(learner, theta, data)
+    calls[0] = 0
+    assert torch.equal(predict(learner, theta, data, batch_size=5, text=shared), reference) and calls[0] == 0
+
+
+def test_prediction_with_image_conditioned_text_keeps_one_pass_per_batch(tiny, images, monkeypatch):
+    """CoCoOp's class features depend on the image (its meta-net): nothing to share across batches."""
+    from gramlib.tuning.train import class_features, predict
+
+    torch.manual_seed(0)
+    learner = build_learner("cocoop", *tiny)
+    data = _feature_data(learner, images)
+    theta = {k: v.detach() for k, v in learner.prompt_params().items()}
+    assert class_features(learner, theta, data) is None
+    with pytest.raises(ValueError, match="depend on the image"):
+        learner.logits_under(theta, data.bank.views[0][:2], torch.zeros(len(CLASSES), 64))
+    with torch.no_grad():
+        reference = learner.logits(theta, data.bank.views[0], CLASSES).argmax(-1)
+    calls = _count_text_passes(monkeypatch, learner)
+    assert torch.equal(predict(learner, theta, data, batch_size=5), reference) and calls[0] == 5
+
+
+def test_a_template_learner_moved_to_another_template_tokenizes_the_new_sentences(tiny):
+    """The token memo is keyed by the sentences: evaluating a zero-shot learner with a target's template
+    after its own (same class names) must not reuse the first template's tokens."""
+    learner = build_learner("zeroshot", *tiny)
+    first = learner.tokenize(CLASSES).clone()
+    learner.template = "a drawing of a {}."
+    moved = learner.tokenize(CLASSES)
+    fresh = build_learner("zeroshot", *tiny, template="a drawing of a {}.").tokenize(CLASSES)
+    assert torch.equal(moved, fresh) and not torch.equal(moved, first)

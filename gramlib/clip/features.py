@@ -94,6 +94,20 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], cache_dir: str | os.P
     return out
 
 
+def cached_features(backbone: Backbone, cache_dir: str | os.PathLike | None, kind: str, key: dict,
+                    compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``'s float32 features, stored under ``cache_dir/kind`` by (weights, precision, ``key``):
+    a later call with the same key loads the very tensor the first one computed."""
+    path = cache_file(cache_dir, kind, {"model": backbone.identity, **key, **_numerics(backbone)}) \
+        if cache_dir is not None else None
+    if path is not None and (hit := _cached(path)) is not None:
+        return hit.to(backbone.device)
+    out = compute()
+    if path is not None:
+        write_npy(path, out.detach().float().cpu().numpy())
+    return out
+
+
 def _numerics(backbone: Backbone) -> dict:
     """bf16 features differ from fp32 ones: the precision is part of the cache key (fp32 keys unchanged)."""
     return {"precision": backbone.precision} if backbone.precision != "fp32" else {}

@@ -36,7 +36,7 @@ from gramlib.io import atomic_path
 from gramlib.learners import LEARNERS, build_learner
 from gramlib.prompts import PromptLearner
 from gramlib.prompts.zeroshot import TemplateText
-from gramlib.tuning.train import GradTransform, TrainConfig, evaluate, train_prompt
+from gramlib.tuning.train import GradTransform, TrainConfig, class_features, evaluate, train_prompt
 from gramlib.clip.zeroshot import dataset_templates, template_for
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,13 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
             "profile": env.profile.name, "git_commit": env.commit}
 
     def rows_at(theta: dict, epoch: int, runtime: float) -> list[dict[str, Any]]:
-        out = []
+        out, texts = [], {}
         for (ds, split), data in evals.items():
-            acc = evaluate(learner, theta, data, precision=env.backbone.precision)
+            # one text pass per class list: ImageNet, -V2 and -Sketch share their 1,000 classes
+            key = (tuple(data.classnames), id(data.text_features))
+            if key not in texts:
+                texts[key] = class_features(learner, theta, data, precision=env.backbone.precision)
+            acc = evaluate(learner, theta, data, precision=env.backbone.precision, text=texts[key])
             out.append({**base, "dataset": ds, "epoch": epoch, "split": split, "accuracy": 100.0 * acc,
                         "n_test": len(data), "runtime_s": runtime})
         return out

@@ -106,6 +106,9 @@ class PromptLearner(nn.Module):
 
     caches_image_features: ClassVar[bool] = False
     caches_text_features: ClassVar[bool] = False
+    # the class text features depend on the image as well as θ (CoCoOp's meta-net): they cannot be
+    # computed once per θ and reused across image batches
+    image_conditioned_text: ClassVar[bool] = False
 
     def __init__(self, clip_model: nn.Module, tokenizer: object) -> None:
         super().__init__()
@@ -157,15 +160,17 @@ class PromptLearner(nn.Module):
         return 0
 
     def tokenize(self, classnames: Sequence[str]) -> Tensor:
-        """Token ids (C, L) of :meth:`prompt_texts`, memoised per class-name list (CPU, read only).
+        """Token ids (C, L) of :meth:`prompt_texts`, memoised per sentence list (CPU, read only): keyed by
+        the sentences, not the class names, so a template learner moved to another dataset's template
+        (``protocols._template_of``) does not get the old template's tokens back.
 
         The memo holds a NumPy array, not a tensor: a tensor created inside ``torch.func.grad`` is
         wrapped at that transform's level and would "escape" when reused under another transform.
         """
-        key = tuple(classnames)
+        texts = self.prompt_texts(classnames)
+        key = tuple(texts)
         if key not in self._tokens:
             L = self.context_length
-            texts = self.prompt_texts(classnames)
             for name, text in zip(classnames, texts):
                 check_fits(self.tokenizer, text, name, self.n_prompt_tokens, L)
             ids = self.tokenizer(texts, context_length=L)  # type: ignore[operator]
@@ -218,6 +223,20 @@ class PromptLearner(nn.Module):
         elif not self.caches_text_features:
             raise ValueError(f"{type(self).__name__} cannot reuse text features: θ changes them")
         return clip_logits(self.clip, img, text_features)
+
+    def class_features_under(self, theta: Theta, classnames: Sequence[str]) -> Tensor | None:
+        """Class text features (C, D) under a *fixed* θ, to score many image batches with one text pass
+        (evaluation: before, every batch of 256 test images re-ran the text tower over all classes).
+        None where the text also depends on the image (``image_conditioned_text``, CoCoOp)."""
+        if self.image_conditioned_text:
+            return None
+        return self.encode_text(theta, classnames)
+
+    def logits_under(self, theta: Theta, image_input: Tensor, class_features: Tensor) -> Tensor:
+        """Eq. 1's logits (B, C) from :meth:`class_features_under` for the same θ (no text pass)."""
+        if self.image_conditioned_text:
+            raise ValueError(f"{type(self).__name__}: the class features depend on the image; use logits()")
+        return clip_logits(self.clip, self._image_features(theta, image_input), class_features)
 
     def logits_and_aux_loss(
         self,

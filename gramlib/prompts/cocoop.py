@@ -46,6 +46,7 @@ class CoCoOp(TextContextLearner):
 
     caches_image_features = True
     caches_text_features = False
+    image_conditioned_text = True
 
     def __init__(self, clip_model: nn.Module, tokenizer: object, cfg: CoCoOpConfig | None = None) -> None:
         cfg = cfg or CoCoOpConfig()

@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from gramlib.clip.factory import Backbone
-from gramlib.clip.features import data_identity, encode_images, eval_transform
+from gramlib.clip.features import cached_features, data_identity, encode_images, eval_transform
 from gramlib.data.coop import Datum
 from gramlib.data.transforms import load_image, make_transform
+from gramlib.io import stable_hash
 from gramlib.prompts.base import PromptLearner
 from gramlib.tuning.recipe import MIN_SCALE, parse_policy, policy_scale  # noqa: F401 (re-exported)
 
@@ -150,9 +151,21 @@ def view_bank(backbone: Backbone, data: Sequence[Datum], policy: str = "none", *
     return ViewBank(torch.stack(views), labels, is_features=features)
 
 
-def class_text_bank(learner: PromptLearner, classnames: Sequence[str]) -> Tensor | None:
-    """Class text features (C, D) for learners whose text tower θ leaves alone, else None."""
-    return learner.frozen_text_features(list(classnames)) if learner.caches_text_features else None
+def class_text_bank(learner: PromptLearner, classnames: Sequence[str], backbone: Backbone | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> Tensor | None:
+    """Class text features (C, D) for learners whose text tower θ leaves alone, else None.
+
+    With ``backbone`` and ``cache_dir`` they are stored on disk by the learner's prompt sentences, so the
+    transfer units' zero-shot and VPT rows (ImageNet's 1,000 classes, shared by -V2 and -Sketch, again in
+    every experiment) run the text tower once per sentence list."""
+    if not learner.caches_text_features:
+        return None
+    names = list(classnames)
+    if backbone is None or cache_dir is None or learner.clip is not backbone.model:  # key names backbone's weights
+        return learner.frozen_text_features(names)
+    texts = learner.prompt_texts(names)
+    key = {"learner": type(learner).__name__, "texts": stable_hash(texts, length=32), "n": len(texts)}
+    return cached_features(backbone, cache_dir, "class_text", key, lambda: learner.frozen_text_features(names))
 
 
 def train_inputs(learner: PromptLearner, backbone: Backbone, data: Sequence[Datum], classnames: Sequence[str],
@@ -168,7 +181,7 @@ def train_inputs(learner: PromptLearner, backbone: Backbone, data: Sequence[Datu
         raise ValueError(f"{type(learner).__name__} changes the image tower: its image features cannot be cached")
     _check_labels(data, classnames)
     bank = view_bank(backbone, data, policy, features=use_features, cache_dir=cache_dir, seed=seed)
-    return TrainData(bank, list(classnames), class_text_bank(learner, classnames), policy)
+    return TrainData(bank, list(classnames), class_text_bank(learner, classnames, backbone, cache_dir), policy)
 
 
 def eval_inputs(learner: PromptLearner, backbone: Backbone, data: Sequence[Datum], classnames: Sequence[str], *,

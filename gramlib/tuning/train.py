@@ -210,26 +210,47 @@ def _apply_hook(theta: Mapping[str, Tensor], names: list[str], weight_decay: flo
 
 
 @torch.no_grad()
+def class_features(learner: PromptLearner, theta: Mapping[str, Tensor], data: TrainData,
+                   precision: str = "auto") -> Tensor | None:
+    """The (C, D) class text features that score ``data`` under a fixed θ: the cached frozen ones, or one
+    text pass under θ; None for image-conditioned text (CoCoOp), which needs a pass per image."""
+    if data.text_features is not None:
+        return data.text_features
+    with _autocast(learner.device, precision):
+        return learner.class_features_under(dict(theta), data.classnames)
+
+
+@torch.no_grad()
 def predict(learner: PromptLearner, theta: Mapping[str, Tensor], data: TrainData, batch_size: int = 256,
-            precision: str = "auto") -> Tensor:
-    """Predicted labels (N,) on the first view of ``data`` (the eval transform for test inputs)."""
+            precision: str = "auto", text: Tensor | None = None) -> Tensor:
+    """Predicted labels (N,) on the first view of ``data`` (the eval transform for test inputs).
+
+    The text tower runs once for all batches (θ is fixed here), not once per batch of images; ``text``
+    passes features from :func:`class_features` in, to share them between test sets with the same
+    classes (ImageNet and its variants).
+    """
     device = learner.device
     inputs = data.bank.views[0]
+    if text is None:
+        text = class_features(learner, theta, data, precision)
     preds = []
     for s in range(0, len(inputs), batch_size):
+        batch = inputs[s:s + batch_size].to(device)
         with _autocast(device, precision):
-            logits = learner.logits(dict(theta), inputs[s:s + batch_size].to(device), data.classnames,
-                                    text_features=data.text_features)
+            if text is None:  # image-conditioned text: one text pass per image, inside logits
+                logits = learner.logits(dict(theta), batch, data.classnames)
+            else:
+                logits = learner.logits_under(dict(theta), batch, text)
         preds.append(logits.argmax(dim=-1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
 
 
 def evaluate(learner: PromptLearner, theta: Mapping[str, Tensor], data: TrainData, **kw: Any) -> float:
-    """Top-1 accuracy (fraction) of θ on ``data``."""
+    """Top-1 accuracy (fraction) of θ on ``data`` (``kw``: :func:`predict`'s options)."""
     if len(data) == 0:
         return float("nan")
     return float((predict(learner, theta, data, **kw) == data.bank.labels).float().mean())
 
 
-__all__ = ["LEARNER_DEFAULTS", "TrainConfig", "TrainResult", "epoch_generator", "evaluate", "last_checkpoint",
+__all__ = ["LEARNER_DEFAULTS", "TrainConfig", "TrainResult", "class_features", "epoch_generator", "evaluate", "last_checkpoint",
            "lr_at", "predict", "train_prompt"]
