@@ -54,54 +54,48 @@ def encode_images(backbone: Backbone, images: Sequence, transform: Callable, cac
     """
     from gramlib.data.transforms import load_image
 
-    key = {"model": backbone.identity, "transform": repr(transform),
-           "data": identity if identity is not None else data_identity(images), **_numerics(backbone)}
-    path = cache_file(cache_dir, "image", key) if cache_dir is not None else None
-    if path is not None and (hit := _cached(path)) is not None:
-        return hit
-    model = backbone.model.eval()
-    feats = []
-    for s in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) < batch_size * 4):
-        batch = [transform(load_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images[s:s + batch_size]]
-        with backbone.autocast():
-            z = model.encode_image(torch.stack(batch).to(backbone.device, non_blocking=True))
-        feats.append(F.normalize(z.float(), dim=-1).cpu())
-    out = torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
-    if path is not None:
-        write_npy(path, out.numpy())
-    return out
+    key = {"transform": repr(transform), "data": identity if identity is not None else data_identity(images)}
+
+    def compute() -> torch.Tensor:
+        model = backbone.model.eval()
+        feats = []
+        for s in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) < batch_size * 4):
+            batch = [transform(load_image(im) if isinstance(im, (str, os.PathLike)) else im) for im in images[s:s + batch_size]]
+            with backbone.autocast():
+                z = model.encode_image(torch.stack(batch).to(backbone.device, non_blocking=True))
+            feats.append(F.normalize(z.float(), dim=-1).cpu())
+        return torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
+
+    return cached_features(backbone, cache_dir, "image", key, compute)
 
 
 @torch.no_grad()
 def encode_texts(backbone: Backbone, texts: Sequence[str], cache_dir: str | os.PathLike | None,
                  batch_size: int = 512, desc: str = "text features") -> torch.Tensor:
     """L2-normalised text features (N, D) of raw strings."""
-    key = {"model": backbone.identity, "texts": stable_hash(list(texts), length=32), "n": len(texts),
-           **_numerics(backbone)}
-    path = cache_file(cache_dir, "text", key) if cache_dir is not None else None
-    if path is not None and (hit := _cached(path)) is not None:
-        return hit
-    model = backbone.model.eval()
-    feats = []
-    for s in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < batch_size * 4):
-        tokens = backbone.tokenizer(list(texts[s:s + batch_size])).to(backbone.device)
-        with backbone.autocast():
-            z = model.encode_text(tokens)
-        feats.append(F.normalize(z.float(), dim=-1).cpu())
-    out = torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
-    if path is not None:
-        write_npy(path, out.numpy())
-    return out
+    key = {"texts": stable_hash(list(texts), length=32), "n": len(texts)}
+
+    def compute() -> torch.Tensor:
+        model = backbone.model.eval()
+        feats = []
+        for s in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < batch_size * 4):
+            tokens = backbone.tokenizer(list(texts[s:s + batch_size])).to(backbone.device)
+            with backbone.autocast():
+                z = model.encode_text(tokens)
+            feats.append(F.normalize(z.float(), dim=-1).cpu())
+        return torch.cat(feats) if feats else torch.zeros(0, backbone.embed_dim)
+
+    return cached_features(backbone, cache_dir, "text", key, compute)
 
 
 def cached_features(backbone: Backbone, cache_dir: str | os.PathLike | None, kind: str, key: dict,
                     compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``compute()``'s float32 features, stored under ``cache_dir/kind`` by (weights, precision, ``key``):
-    a later call with the same key loads the very tensor the first one computed."""
+    a later call with the same key loads the very tensor the first one computed (on the CPU)."""
     path = cache_file(cache_dir, kind, {"model": backbone.identity, **key, **_numerics(backbone)}) \
         if cache_dir is not None else None
     if path is not None and (hit := _cached(path)) is not None:
-        return hit.to(backbone.device)
+        return hit
     out = compute()
     if path is not None:
         write_npy(path, out.detach().float().cpu().numpy())

@@ -165,7 +165,8 @@ def class_text_bank(learner: PromptLearner, classnames: Sequence[str], backbone:
         return learner.frozen_text_features(names)
     texts = learner.prompt_texts(names)
     key = {"learner": type(learner).__name__, "texts": stable_hash(texts, length=32), "n": len(texts)}
-    return cached_features(backbone, cache_dir, "class_text", key, lambda: learner.frozen_text_features(names))
+    return cached_features(backbone, cache_dir, "class_text", key,
+                           lambda: learner.frozen_text_features(names)).to(learner.device)
 
 
 def train_inputs(learner: PromptLearner, backbone: Backbone, data: Sequence[Datum], classnames: Sequence[str],
