@@ -99,6 +99,28 @@ def test_text_tower_over_the_used_positions_is_open_clips_encode_text():
         encode_text_used(model, tokens)
 
 
+
+def test_encode_texts_over_the_used_positions_equals_the_whole_context():
+    """The zero-shot class prompts (``used_positions=True``) give open_clip's full-context features, and a
+    tower the trim does not apply to (no argmax pooling) is run whole instead of refused."""
+    import open_clip
+
+    from gramlib.clip.features import encode_texts
+
+    torch.manual_seed(0)
+    model = build_tiny_clip("tiny-clip-conv").double().eval()
+    tok = open_clip.get_tokenizer("tiny-clip-conv")
+    texts = ["a photo of a star.", "a photo of a lightning bolt.", "stripes texture."]
+    bb = dataclasses.replace(build_backbone(BackboneConfig(arch="tiny-clip-conv", pretrained=None)), model=model)
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(model.encode_text(tok(texts)), dim=-1).float()
+    torch.testing.assert_close(encode_texts(bb, texts, None, used_positions=True), full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(encode_texts(bb, texts, None), full, rtol=0, atol=1e-6)
+    model.text_pool_type = "first"  # pooled at position 0: nothing to trim, and nothing raised
+    with torch.no_grad():
+        first = torch.nn.functional.normalize(model.encode_text(tok(texts)), dim=-1).float()
+    torch.testing.assert_close(encode_texts(bb, texts, None, used_positions=True), first, rtol=0, atol=1e-6)
+
 def test_feature_cache_hit_and_corrupt_entry(smoke, tmp_path, caplog):
     from gramlib.clip.features import cache_file, encode_images, eval_transform
     from gramlib.clip.pretrain import backbone_dir

@@ -18,7 +18,8 @@ from gramlib.data.templates import COOP_TEMPLATES, GENERIC_TEMPLATE, dataset_tem
 log = logging.getLogger(__name__)
 
 def class_text_features(backbone: Backbone, classnames: list[str], template: str, cache_dir) -> torch.Tensor:
-    return encode_texts(backbone, [template.format(c) for c in classnames], cache_dir)
+    """One prompt per class, over the positions the prompts use (ImageNet's 1,000 on ViT-B/16: ~15 of 77)."""
+    return encode_texts(backbone, [template.format(c) for c in classnames], cache_dir, used_positions=True)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
