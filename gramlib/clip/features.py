@@ -81,11 +81,10 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], cache_dir: str | os.P
     key = {"texts": stable_hash(list(texts), length=32), "n": len(texts)}
 
     def compute() -> torch.Tensor:
-        from gramlib.clip.pretrain import encode_text_used
+        from gramlib.clip.pretrain import encode_text_used, trims_text
 
         model = backbone.model.eval()
-        trim = used_positions and getattr(model, "text_pool_type", None) == "argmax" \
-            and getattr(model, "attn_mask", None) is not None  # else (e.g. a Hugging Face text tower) whole
+        trim = used_positions and trims_text(model)  # else (e.g. a Hugging Face text tower) the whole context
         feats = []
         for s in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=len(texts) < batch_size * 4):
             tokens = backbone.tokenizer(list(texts[s:s + batch_size])).to(backbone.device)

@@ -91,6 +91,11 @@ def used_context(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]
 
 
+def trims_text(model: torch.nn.Module) -> bool:
+    """Whether :func:`encode_text_used` applies: an open_clip CLIP text tower, causal, pooled at argmax."""
+    return getattr(model, "text_pool_type", None) == "argmax" and getattr(model, "attn_mask", None) is not None
+
+
 def encode_text_used(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """``CLIP.encode_text`` over the positions a batch uses (unnormalised features).
 
@@ -101,9 +106,10 @@ def encode_text_used(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tens
     """
     from gramlib.clip.towers import TextTower, encode_text_embeddings
 
-    if model.text_pool_type != "argmax" or model.attn_mask is None:
+    if not trims_text(model):
         raise ValueError(f"encode_text_used needs a causal text tower with argmax pooling, got pool type "
-                         f"{model.text_pool_type!r} and attn_mask {'absent' if model.attn_mask is None else 'present'}")
+                         f"{getattr(model, 'text_pool_type', None)!r} and attn_mask "
+                         f"{'absent' if getattr(model, 'attn_mask', None) is None else 'present'}")
     tokens = used_context(tokens)  # the prompt learners' text forward, which trims the same positions
     return encode_text_embeddings(TextTower.of(model), model.token_embedding(tokens), tokens)
 
