@@ -5,10 +5,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from gramlib.config import get_profile
 from gramlib.world.build import CC3M, WEB, _render_chunk, _web_sample, world_spec
-from gramlib.world.render import STYLES, RenderOptions, render
+from gramlib.world.render import CANVAS, STYLES, UNSEEN_STYLES, RenderOptions, Placement, concept_mask, paint, render
 from gramlib.world.spec import load_spec
 
 
@@ -48,6 +49,60 @@ def test_rendering_is_deterministic_and_styles_differ():
     for i in range(len(imgs)):
         for j in range(i + 1, len(imgs)):
             assert np.abs(imgs[i] - imgs[j]).mean() > 5
+
+
+def _star_mask() -> np.ndarray:
+    return np.asarray(concept_mask("star", Placement(CANVAS / 2, CANVAS / 2, 0.35 * CANVAS, 0.0)))
+
+
+def test_blueprint_draws_exactly_the_outline_of_the_concept():
+    """Bright pixels are the mask's inner boundary (computed here by binary erosion), nothing else."""
+    from scipy.ndimage import binary_erosion
+
+    m = _star_mask() > 127
+    outline = m & ~binary_erosion(m, structure=np.ones((3, 3)), border_value=0)
+    img = paint(Image.fromarray(_star_mask()), "blueprint", np.random.default_rng(0), 0.3)
+    assert np.array_equal(img.min(axis=-1) > 190, outline)
+
+
+def test_stipple_dot_density_marks_the_concept():
+    """Dots fall inside the shape with p = 0.35 and outside with p = 0.04 (binomial bounds, 5 sigma)."""
+    m = _star_mask() > 127
+    img = paint(Image.fromarray(_star_mask()), "stipple", np.random.default_rng(1), 0.5)
+    dots = img.mean(axis=-1) < 150
+    for region, p in ((m, 0.35), (~m, 0.04)):
+        n = int(region.sum())
+        assert abs(dots[region].mean() - p) < 5 * np.sqrt(p * (1 - p) / n), (p, dots[region].mean())
+
+
+def test_negative_is_the_inverted_photo():
+    mask = Image.fromarray(_star_mask())
+    photo = paint(mask, "photo", np.random.default_rng(2), 0.1)
+    neg = paint(mask, "negative", np.random.default_rng(2), 0.1)
+    assert np.allclose(neg, 255.0 - photo)
+
+
+def test_pretraining_corpora_never_show_an_unseen_style():
+    """The unseen styles are downstream-only: the web and CC3M-like samples draw from STYLES alone."""
+    assert not set(UNSEEN_STYLES) & set(STYLES)
+    cfg = dataclasses.replace(get_profile("smoke").world, concepts_per_family=2)
+    spec = world_spec(cfg)
+    seen = {_web_sample(spec, cfg, i, corpus)["style"] for i in range(120) for corpus in (WEB, CC3M)}
+    assert seen == set(STYLES)
+
+
+def test_a_dataset_may_use_an_unseen_style_and_an_unknown_style_names_the_field(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(open(load_spec.__globals__["DEFAULT_SPEC"]))
+    raw["datasets"]["mini_doodles"]["styles"] = {"blueprint": 1.0}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_spec(path).datasets["mini_doodles"].styles == {"blueprint": 1.0}
+    raw["datasets"]["mini_doodles"]["styles"] = {"embroidery": 1.0}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_doodles.styles: unknown style 'embroidery'"):
+        load_spec(path)
 
 
 def test_samples_do_not_depend_on_worker_count():

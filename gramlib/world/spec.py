@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gramlib.world.render import SHAPES, STYLES, RenderOptions
+from gramlib.world.render import SHAPES, STYLES, UNSEEN_STYLES, RenderOptions
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "data" / "spec" / "miniworld.yaml"
 
@@ -114,8 +114,9 @@ def load_spec(path: str | Path = DEFAULT_SPEC) -> WorldSpec:
         else:
             members = _dataset_concepts(d, raw, concepts, where)
         for s in d["styles"]:
-            if s not in styles:
-                raise ValueError(f"{where}.styles: unknown style {s!r}")
+            if s not in styles and s not in UNSEEN_STYLES:
+                raise ValueError(f"{where}.styles: unknown style {s!r} (the spec's styles {sorted(styles)}, "
+                                 f"or one pre-training never shows: {list(UNSEEN_STYLES)})")
         if "{}" not in d["template"]:
             raise ValueError(f"{where}.template: must contain '{{}}' for the class name")
         datasets[name] = DatasetSpec(name, d["role"], members, {k: float(v) for k, v in d["styles"].items()},
