@@ -1,0 +1,71 @@
+"""Issue 14 item 1: does a rendering that pre-training never shows give CoOp the headroom of EuroSAT or DTD?
+
+A measurement script, not part of the pipeline. It needs this machine's mini backbone
+(`dvc repro backbone`, `artifacts/mini/backbone/`) and leaves the committed world alone: it writes, under a
+scratch folder, the source (mini_imagenet) and one target (mini_doodles) as controls, plus the doodles' 14
+classes drawn in each of `gramlib.world.render.UNSEEN_STYLES` (styles the web corpus never draws, so the tiny
+CLIP never saw them nor a caption naming them), then runs the world probe's protocol on them (16 shots,
+seeds 1-2, the suite's augmentation, CoOp from "a photo of a" at 10 and 50 epochs, a linear probe) once per
+CoOp learning rate given.
+
+Usage (repo root, venv on PATH):
+  python notes/prototypes/unseen_styles.py /tmp/unseen 0.002,0.01,0.04 > notes/prototypes/unseen_styles_<date>.txt
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from gramlib.config import get_profile, load_params
+from gramlib.experiments.world_probe import probe_config, run_probe
+from gramlib.io import write_json
+from gramlib.world.build import world_spec, write_coop_datasets
+from gramlib.world.render import UNSEEN_STYLES, RenderOptions
+from gramlib.world.spec import DatasetSpec
+
+CONTROLS = ("mini_imagenet", "mini_doodles")
+KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
+        "coop50_train", "probe_base")
+
+
+def scratch_world(scratch: Path):
+    """The controls and one doodles-classed target per unseen style, written in CoOp's layout."""
+    mini = get_profile("mini")
+    spec = world_spec(mini.world)
+    doodles = spec.datasets["mini_doodles"]
+    extra = {f"probe_{s}": DatasetSpec(f"probe_{s}", "target", doodles.concepts, {s: 1.0}, RenderOptions(),
+                                       "a photo of a {}.", dict(doodles.split)) for s in UNSEEN_STYLES}
+    spec = dataclasses.replace(spec, datasets={**{c: spec.datasets[c] for c in CONTROLS}, **extra})
+    profile = dataclasses.replace(mini, data_root=str(scratch / "data"), artifacts_root=str(scratch / "artifacts"),
+                                  datasets=(*CONTROLS, *extra), variants=())
+    coop = profile.root / profile.coop_dir
+    if not (profile.root / "world.json").exists():
+        summary = write_coop_datasets(spec, mini.world, coop)
+        write_json(profile.root / "world.json", {"datasets": summary})  # the templates the probe reads
+    backbone = profile.artifacts / "backbone"
+    if not backbone.exists():
+        backbone.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink((mini.artifacts / "backbone").resolve(), backbone)
+    return profile
+
+
+def main(scratch: str, lrs: str) -> None:
+    torch.set_num_threads(2)
+    profile = scratch_world(Path(scratch))
+    for lr in (float(x) for x in lrs.split(",")):
+        params = copy.deepcopy(load_params())
+        params["suite"]["train"] = {"coop": {"lr": lr}}
+        out = run_probe(profile, probe_config("mini", params), Path(scratch) / f"probe_lr{lr}.json", params=params)
+        print(f"CoOp lr {lr}: dataset means", {k: round(out[k], 1) for k in KEYS}, flush=True)
+        for d, v in out["per_dataset"].items():
+            print(f"    {d:15s}", {k: round(v[k], 1) for k in KEYS}, flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
