@@ -10,12 +10,17 @@ CoOp learning rate given.
 
 Usage (repo root, venv on PATH):
   python notes/prototypes/unseen_styles.py /tmp/unseen 0.002,0.01,0.04 > notes/prototypes/unseen_styles_<date>.txt
+An optional third argument replaces the unseen-style targets by datasets of your own, as JSON:
+name -> {"classes_of": <a dataset of the spec>, "styles": {style: weight}, "render": {...}, "template": ...}, e.g.
+  '{"mix_blueprint": {"classes_of": "mini_doodles", "styles": {"sketch": 0.5, "blueprint": 0.5}}}'
+and a fourth, the probe's data seeds (default 1,2), e.g. 1,2,3,4.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,13 +39,15 @@ KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop5
         "coop50_train", "probe_base")
 
 
-def scratch_world(scratch: Path):
-    """The controls and one doodles-classed target per unseen style, written in CoOp's layout."""
+def scratch_world(scratch: Path, variants: dict | None = None):
+    """The controls and one doodles-classed target per unseen style (or ``variants``), in CoOp's layout."""
     mini = get_profile("mini")
     spec = world_spec(mini.world)
-    doodles = spec.datasets["mini_doodles"]
-    extra = {f"probe_{s}": DatasetSpec(f"probe_{s}", "target", doodles.concepts, {s: 1.0}, RenderOptions(),
-                                       "a photo of a {}.", dict(doodles.split)) for s in UNSEEN_STYLES}
+    if variants is None:
+        variants = {f"probe_{s}": {"classes_of": "mini_doodles", "styles": {s: 1.0}} for s in UNSEEN_STYLES}
+    extra = {name: DatasetSpec(name, "target", spec.datasets[v["classes_of"]].concepts, v["styles"],
+                               RenderOptions.from_spec(v.get("render")), v.get("template", "a photo of a {}."),
+                               dict(spec.datasets[v["classes_of"]].split)) for name, v in variants.items()}
     spec = dataclasses.replace(spec, datasets={**{c: spec.datasets[c] for c in CONTROLS}, **extra})
     profile = dataclasses.replace(mini, data_root=str(scratch / "data"), artifacts_root=str(scratch / "artifacts"),
                                   datasets=(*CONTROLS, *extra), variants=())
@@ -55,12 +62,14 @@ def scratch_world(scratch: Path):
     return profile
 
 
-def main(scratch: str, lrs: str) -> None:
+def main(scratch: str, lrs: str, variants: str | None = None, seeds: str | None = None) -> None:
     torch.set_num_threads(2)
-    profile = scratch_world(Path(scratch))
+    profile = scratch_world(Path(scratch), json.loads(variants) if variants else None)
     for lr in (float(x) for x in lrs.split(",")):
         params = copy.deepcopy(load_params())
         params["suite"]["train"] = {"coop": {"lr": lr}}
+        if seeds:
+            params["probe"]["seeds"] = [int(x) for x in seeds.split(",")]
         out = run_probe(profile, probe_config("mini", params), Path(scratch) / f"probe_lr{lr}.json", params=params)
         print(f"CoOp lr {lr}: dataset means", {k: round(out[k], 1) for k in KEYS}, flush=True)
         for d, v in out["per_dataset"].items():
