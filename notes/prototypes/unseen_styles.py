@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 
 from gramlib.config import get_profile, load_params
 from gramlib.experiments.world_probe import probe_config, run_probe
-from gramlib.io import write_json
+from gramlib.io import read_json, write_json
 from gramlib.world.build import world_spec, write_coop_datasets
 from gramlib.world.render import UNSEEN_STYLES, RenderOptions
 from gramlib.world.spec import DatasetSpec
@@ -52,9 +53,11 @@ def scratch_world(scratch: Path, variants: dict | None = None):
     profile = dataclasses.replace(mini, data_root=str(scratch / "data"), artifacts_root=str(scratch / "artifacts"),
                                   datasets=(*CONTROLS, *extra), variants=())
     coop = profile.root / profile.coop_dir
-    if not (profile.root / "world.json").exists():
+    manifest = profile.root / "world.json"
+    if not manifest.exists() or read_json(manifest).get("variants") != variants:  # another variant list: rewrite
+        shutil.rmtree(coop, ignore_errors=True)
         summary = write_coop_datasets(spec, mini.world, coop)
-        write_json(profile.root / "world.json", {"datasets": summary})  # the templates the probe reads
+        write_json(manifest, {"datasets": summary, "variants": variants})  # the templates the probe reads
     backbone = profile.artifacts / "backbone"
     if not backbone.exists():
         backbone.parent.mkdir(parents=True, exist_ok=True)
