@@ -98,7 +98,7 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
     b2n = set(pd.read_csv(reports / "tables" / "table_restore_base_to_new.csv")["method"])
     assert {"CLIP", "CoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "IVLP", "MaPLe", "RESTORE"} <= b2n
     abl = pd.read_csv(reports / "tables" / "table_restore_ablations.csv")
-    assert {"mini_glyphs", "Average"} == set(abl["dataset"]) and any("surgery none" in m for m in abl["method"])
+    assert {"mini_glyphs_blueprint", "Average"} == set(abl["dataset"]) and any("surgery none" in m for m in abl["method"])
     room = pd.read_csv(reports / "tables" / "table_figure1b_fit_room.csv")
     assert {"train", "base", "new"} == set(room["metric"]) and "linear probe" in set(room["method"])
     lens = pd.read_csv(reports / "figures" / "figure_feature_shift_discrepancy.csv")

@@ -55,7 +55,7 @@ def _transfer_rows(shots):
 
     out = []
     for view, targets in (("cross_domain", ["mini_imagenet_v2", "mini_imagenet_r"]),
-                          ("cross_dataset", ["mini_doodles", "mini_glyphs"])):
+                          ("cross_dataset", ["mini_shapes_sketch_blueprint", "mini_glyphs_blueprint"])):
         for i, method in enumerate(["CoOp", "CoOp+GRAM", "CLIP"]):
             for seed in (1, 2):
                 for j, dataset in enumerate(["mini_imagenet"] + targets):

@@ -390,7 +390,7 @@ def test_experiment_rows_refuses_an_unrun_experiment(smoke, tmp_path, params):
 
 
 def test_unit_key_is_stable():
-    assert Unit("e", "base2new", "CoOp+GRAM", 2, 16, "mini_glyphs").key == "base2new|CoOp+GRAM|2|16|mini_glyphs"
+    assert Unit("e", "base2new", "CoOp+GRAM", 2, 16, "mini_glyphs_blueprint").key == "base2new|CoOp+GRAM|2|16|mini_glyphs_blueprint"
 
 
 def test_longest_units_go_first_and_order_is_otherwise_kept(params):

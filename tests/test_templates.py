@@ -3,6 +3,8 @@ dataset's template (CoOp's CUSTOM_TEMPLATES on the paper profile, the world's on
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gramlib.clip.zeroshot import COOP_TEMPLATES, GENERIC_TEMPLATE, dataset_templates, template_for
@@ -43,7 +45,7 @@ def env(smoke, tmp_path_factory):
 def test_env_reads_the_world_templates(env):
     world = dataset_templates(env.profile.root)
     assert env.templates == world
-    assert world["mini_textures"] == "{} texture." and world["mini_imagenet"] == "a photo of a {}."
+    assert world["mini_patterns_blueprint"] == "a photo of a {}." and world["mini_imagenet"] == "a photo of a {}."
 
 
 class _Stop(Exception):
@@ -67,8 +69,11 @@ def test_every_template_learner_and_transfer_target_uses_its_dataset_template(en
 
     monkeypatch.setattr(protocols, "eval_inputs", record_eval)
     monkeypatch.setattr(protocols, "train_inputs", record_train)
-    world = dataset_templates(env.profile.root)
-    assert len(set(world.values())) > 1, "the smoke world must have datasets with different templates"
+    # the world's targets all use "a photo of a {}." (issue 14's design): give each dataset a template of
+    # its own, as the CoOp datasets have, so a learner that takes another dataset's template is caught
+    world = {name: f"{{}}, from {name}." for name in dataset_templates(env.profile.root)}
+    world["mini_patterns_blueprint"] = "{} texture."
+    env = dataclasses.replace(env, templates=world)
     src, targets = unit_data(env, "transfer", env.profile.source, 1, 1)
     train_set = None if method == "zeroshot" else src
     try:
@@ -79,9 +84,9 @@ def test_every_template_learner_and_transfer_target_uses_its_dataset_template(en
     assert evals == [world[t.dataset] for t in targets]
     if method != "zeroshot":
         assert ("train", world[env.profile.source]) in seen
-    # base-to-new on the textures dataset: both splits with "{} texture."
+    # base-to-new on a patterns dataset: both splits with its "{} texture."
     seen.clear()
-    base, b2n = unit_data(env, "base2new", "mini_textures", 1, 1)
+    base, b2n = unit_data(env, "base2new", "mini_patterns_blueprint", 1, 1)
     try:
         run_unit(env, "base2new", method, 1, 1, None if method == "zeroshot" else base, b2n, train={"epochs": 2})
     except _Stop:

@@ -95,13 +95,13 @@ def test_a_dataset_may_use_an_unseen_style_and_an_unknown_style_names_the_field(
     import yaml
 
     raw = yaml.safe_load(open(load_spec.__globals__["DEFAULT_SPEC"]))
-    raw["datasets"]["mini_doodles"]["styles"] = {"blueprint": 1.0}
+    raw["datasets"]["mini_glyphs_stipple"]["styles"] = {"negative": 1.0}
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert load_spec(path).datasets["mini_doodles"].styles == {"blueprint": 1.0}
-    raw["datasets"]["mini_doodles"]["styles"] = {"embroidery": 1.0}
+    assert load_spec(path).datasets["mini_glyphs_stipple"].styles == {"negative": 1.0}
+    raw["datasets"]["mini_glyphs_stipple"]["styles"] = {"embroidery": 1.0}
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_doodles.styles: unknown style 'embroidery'"):
+    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_glyphs_stipple.styles: unknown style 'embroidery'"):
         load_spec(path)
 
 
@@ -126,10 +126,10 @@ def test_spec_errors_name_the_field(tmp_path):
     import yaml
 
     raw = yaml.safe_load(open(load_spec.__globals__["DEFAULT_SPEC"]))
-    raw["datasets"]["mini_doodles"]["concepts"] = ["unicorn"]
+    raw["datasets"]["mini_glyphs_stipple"]["concepts"] = ["unicorn"]
     path = tmp_path / "w.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_doodles.concepts: unknown concept 'unicorn'"):
+    with pytest.raises(ValueError, match=r"w.yaml: datasets.mini_glyphs_stipple.concepts: unknown concept 'unicorn'"):
         load_spec(path)
     with pytest.raises(FileNotFoundError, match="world spec not found"):
         load_spec(tmp_path / "missing.yaml")

@@ -43,7 +43,7 @@ def test_probe_config_is_strict():
 
 
 def test_probe_on_the_smoke_world(smoke, tmp_path):
-    cfg = ProbeConfig(shots=2, seeds=(1, 2), short_epochs=2, long_epochs=3, datasets=("mini_glyphs",))
+    cfg = ProbeConfig(shots=2, seeds=(1, 2), short_epochs=2, long_epochs=3, datasets=("mini_glyphs_blueprint",))
     res = run_probe(smoke, cfg, tmp_path / "world_probe.json", threads=1)
     for k in PROBE_KEYS:
         assert k in res and not math.isnan(res[k]), k
@@ -52,7 +52,7 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
     assert set(res["bars"]) == {"coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2",
                                 "shot_overlap_le_0.25"}
     per = pd.read_csv(tmp_path / "world_probe.csv")
-    assert list(per["dataset"]) == ["mini_glyphs"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)
+    assert list(per["dataset"]) == ["mini_glyphs_blueprint"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)
     assert res["provenance"]["machine"]["cpu_count"] >= 1
     with pytest.raises(ValueError, match="not datasets of profile"):
         run_probe(smoke, ProbeConfig(datasets=("imagenet",)), tmp_path / "x.json")
