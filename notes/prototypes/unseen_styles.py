@@ -2,17 +2,18 @@
 
 A measurement script, not part of the pipeline. It needs this machine's mini backbone
 (`dvc repro backbone`, `artifacts/mini/backbone/`) and leaves the committed world alone: it writes, under a
-scratch folder, the source (mini_imagenet) and one target (mini_doodles) as controls, plus the doodles' 14
-classes drawn in each of `gramlib.world.render.UNSEEN_STYLES` (styles the web corpus never draws, so the tiny
-CLIP never saw them nor a caption naming them), then runs the world probe's protocol on them (16 shots,
+scratch folder, the source (mini_imagenet) and one target (mini_shapes_sketch_blueprint) as controls, plus
+that target's 14 classes (the former mini_doodles') drawn in each of `gramlib.world.render.UNSEEN_STYLES`
+(styles the web corpus never draws, so the tiny CLIP never saw them nor a caption naming them), then runs the world probe's protocol on them (16 shots,
 seeds 1-2, the suite's augmentation, CoOp from "a photo of a" at 10 and 50 epochs, a linear probe) once per
-CoOp learning rate given.
+CoOp learning rate given. The results files beside it were made on the world before issue 14's redesign,
+whose controls were mini_imagenet and mini_doodles (sketches of the same 14 classes).
 
 Usage (repo root, venv on PATH):
   python notes/prototypes/unseen_styles.py /tmp/unseen 0.002,0.01,0.04 > notes/prototypes/unseen_styles_<date>.txt
 An optional third argument replaces the unseen-style targets by datasets of your own, as JSON:
 name -> {"classes_of": <a dataset of the spec>, "styles": {style: weight}, "render": {...}, "template": ...}, e.g.
-  '{"mix_blueprint": {"classes_of": "mini_doodles", "styles": {"sketch": 0.5, "blueprint": 0.5}}}'
+  '{"mix_blueprint": {"classes_of": "mini_glyphs_stipple", "styles": {"sketch": 0.5, "blueprint": 0.5}}}'
 and a fourth, the probe's data seeds (default 1,2), e.g. 1,2,3,4.
 """
 
@@ -35,17 +36,17 @@ from gramlib.world.build import world_spec, write_coop_datasets
 from gramlib.world.render import UNSEEN_STYLES, RenderOptions
 from gramlib.world.spec import DatasetSpec
 
-CONTROLS = ("mini_imagenet", "mini_doodles")
+CONTROLS = ("mini_imagenet", "mini_shapes_sketch_blueprint")
 KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
         "coop50_train", "probe_base")
 
 
 def scratch_world(scratch: Path, variants: dict | None = None):
-    """The controls and one doodles-classed target per unseen style (or ``variants``), in CoOp's layout."""
+    """The controls and one target with the second control's classes per unseen style (or ``variants``), in CoOp's layout."""
     mini = get_profile("mini")
     spec = world_spec(mini.world)
     if variants is None:
-        variants = {f"probe_{s}": {"classes_of": "mini_doodles", "styles": {s: 1.0}} for s in UNSEEN_STYLES}
+        variants = {f"probe_{s}": {"classes_of": CONTROLS[1], "styles": {s: 1.0}} for s in UNSEEN_STYLES}
     extra = {name: DatasetSpec(name, "target", spec.datasets[v["classes_of"]].concepts, v["styles"],
                                RenderOptions.from_spec(v.get("render")), v.get("template", "a photo of a {}."),
                                dict(spec.datasets[v["classes_of"]].split)) for name, v in variants.items()}
