@@ -92,7 +92,8 @@ def world_probe(profile: Profile, params: dict) -> dict:
     cfg = probe_config(profile.name, params)
     suite = suite_config(profile.name, params)
     return {"probe": _asdict(cfg), "datasets": list(cfg.datasets or profile.datasets),
-            "coop_train": suite.train.get("coop", {}), "augment": suite.augment}
+            "coop_train": suite.train.get("coop", {}), "augment": suite.augment,
+            "lr_translation": suite.lr_translation}
 
 
 def tables(profile: Profile, params: dict) -> dict:
@@ -115,6 +116,7 @@ def experiment(name: str) -> Callable[[Profile, dict], dict]:
         learners |= {_meta_learner(profile, spec["meta"], params) for spec in methods.values() if spec["meta"]}
         return {"experiment": _asdict(exp), "methods": methods,
                 "train": {k: v for k, v in sorted(cfg.train.items()) if k in learners}, "augment": cfg.augment,
+                "lr_translation": cfg.lr_translation,
                 "datasets": list(profile.datasets), "source": profile.source, "variants": list(profile.variants)}
 
     return resolve

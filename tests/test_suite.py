@@ -79,6 +79,7 @@ def test_train_split_scores_the_k_shot_training_images(smoke, tmp_path, params):
     (lambda p: p["suite"]["experiments"]["overfit"].update(protocol="sideways"), "protocol must be"),
     (lambda p: p["suite"]["experiments"]["transfer4"].update(train_split=True), "train_split"),
     (lambda p: p["suite"].update(augment="crop"), "suite.augment"),
+    (lambda p: p["suite"].update(lr_translation="logit"), "suite.lr_translation"),
 ])
 def test_bad_configuration_is_a_clear_error(params, mutate, message):
     mutate(params)
@@ -88,7 +89,8 @@ def test_bad_configuration_is_a_clear_error(params, mutate, message):
 
 def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_path, params, monkeypatch):
     """CoCoOp's augmentation is the default training input (issue 14): the suite's runs and the world
-    probe's CoOp receive suite.augment as their policy, and the augmented feature views are distinct."""
+    probe's CoOp receive suite.augment as their policy (and suite.lr_translation as their lr translation),
+    and the augmented feature views are distinct."""
     from gramlib.experiments import protocols, world_probe
     from gramlib.tuning.inputs import view_bank
 
@@ -99,20 +101,27 @@ def test_every_tuning_run_and_the_probe_use_the_suite_augmentation(smoke, tmp_pa
 
     def spy(*a, **kw):
         seen.append(kw.get("policy", "none"))
+        if kw.get("train_set", a[5] if len(a) > 5 else None) is not None:
+            translations.append(kw.get("lr_translation", "none"))
         return real(*a, **kw)
 
+    translations: list[str] = []
+
     monkeypatch.setattr(protocols, "run_unit", spy)  # the suite and the probe import it at call time
-    cfg = dataclasses.replace(suite_config("smoke", params), augment="aug:3")
+    cfg = dataclasses.replace(suite_config("smoke", params), augment="aug:3", lr_translation="temperature")
     exp = Experiment("aug", "base2new", 1, ("CoOp", "VPT"), (1,), epochs=2, datasets=(smoke.datasets[1],))
     run_experiment(smoke, dataclasses.replace(cfg, experiments={"aug": exp}), "aug", tmp_path / "a.csv",
                    compute=LOCAL, progress=None)
-    assert seen == ["aug:3", "aug:3"]
+    assert seen == ["aug:3", "aug:3"] and translations == ["temperature", "temperature"]
     seen.clear()
+    translations.clear()
     params["profiles"]["smoke"]["suite"]["augment"] = "aug:2"
+    params["profiles"]["smoke"]["suite"]["lr_translation"] = "temperature"
     params.setdefault("profiles", {}).setdefault("smoke", {}).setdefault("probe", {}).update(
         {"datasets": [smoke.datasets[1]], "seeds": [1], "short_epochs": 2, "long_epochs": 3, "shots": 1})
     world_probe.run_probe(smoke, world_probe.probe_config("smoke", params), tmp_path / "probe.json", params=params)
     assert seen and all(p == "aug:2" for p in seen if p != "none") and seen.count("aug:2") == 2  # CoOp short + long
+    assert translations == ["temperature", "temperature"]
     # the views differ from each other and from the eval transform's
     env = protocols.load_env(smoke, feature_cache=tmp_path / "features")
     data = protocols.fewshot_dataset(env, smoke.datasets[1], 2, 1).train

@@ -36,6 +36,7 @@ from gramlib.io import atomic_path
 from gramlib.learners import LEARNERS, build_learner
 from gramlib.prompts import PromptLearner
 from gramlib.prompts.zeroshot import TemplateText
+from gramlib.tuning.lr_translation import translate_lr
 from gramlib.tuning.train import GradTransform, TrainConfig, class_features, evaluate, train_prompt
 from gramlib.clip.zeroshot import dataset_templates, template_for
 
@@ -140,7 +141,7 @@ class Target:
 def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_set: CoopDataset | None,
              targets: Sequence[Target], grad_transform: GradTransform | None = None, *,
              learner_name: str | None = None, learner_opts: dict[str, Any] | None = None,
-             train: dict[str, Any] | None = None, policy: str = "none",
+             train: dict[str, Any] | None = None, policy: str = "none", lr_translation: str = "none",
              theta_init: dict[str, torch.Tensor] | None = None, init_seed: int | None = None,
              ckpt_dir: str | os.PathLike | None = None,
              on_final: Callable[[PromptLearner, dict[str, torch.Tensor]], None] | None = None) -> list[dict[str, Any]]:
@@ -150,6 +151,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
     ``learner_opts``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*), ``init_seed`` seeds
     the random initialisation apart from the data ``seed`` (Figure 1a), ``train`` overrides the
     learner's TrainConfig, ``policy`` is the augmentation of the training inputs (``none`` | ``aug:N``),
+    ``lr_translation`` scales its lrs to the backbone's temperature (gramlib.tuning.recipe.lr_factor),
     ``ckpt_dir`` checkpoints every epoch (and resumes); ``on_final(learner, θ)`` sees the final prompts
     (e.g. to measure their feature shift) before they are dropped.
     Returns tidy rows: one per target and evaluated epoch (zero-shot: epoch 0 only).
@@ -193,6 +195,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
 
     check_classnames(learner, train_set.classnames, train_set.name)
     cfg = TrainConfig.for_learner(learner_name or method, seed=seed, **{"precision": env.backbone.precision, **(train or {})})
+    cfg = translate_lr(cfg, lr_translation, float(learner.clip.logit_scale.exp()))
     data = train_inputs(learner, env.backbone, train_set.train, train_set.classnames, policy,
                         cache_dir=env.feature_cache, seed=seed)
     rows: list[dict[str, Any]] = []

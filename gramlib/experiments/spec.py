@@ -125,10 +125,16 @@ class SuiteConfig:
     augment: str = "aug:10"
     # default of every meta method's ``meta_seeds`` ("one" | "paired", see MethodSpec)
     meta_seeds: str = "one"
+    # every tuning lr (each learner's published one or suite.train's) as is ("none") or scaled to CLIP's
+    # step size on this backbone ("temperature": x 100 / exp(logit_scale), gramlib.tuning.recipe.lr_factor)
+    lr_translation: str = "none"
 
     def __post_init__(self) -> None:
+        from gramlib.tuning.lr_translation import LR_TRANSLATIONS
         from gramlib.tuning.recipe import parse_policy
 
+        if self.lr_translation not in LR_TRANSLATIONS:
+            raise ValueError(f"suite.lr_translation must be one of {LR_TRANSLATIONS}, got {self.lr_translation!r}")
         if self.meta_seeds not in META_SEEDS:
             raise ValueError(f"suite.meta_seeds must be one of {META_SEEDS}, got {self.meta_seeds!r}")
 

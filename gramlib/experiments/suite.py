@@ -171,7 +171,7 @@ def run_suite_unit(env: Any, cfg: SuiteConfig, unit: Unit) -> tuple[list[dict[st
     rows = run_unit(env, unit.protocol, unit.method, unit.seed, unit.shots,
                     None if learner == "zeroshot" else train_set, targets, hook,
                     learner_name=learner, learner_opts=opts, theta_init=theta0, init_seed=spec.init_seed,
-                    train=train, policy=cfg.augment, on_final=on_final)
+                    train=train, policy=cfg.augment, lr_translation=cfg.lr_translation, on_final=on_final)
     return (label_transfer(rows, prof) if unit.protocol == "transfer" else rows), shifts
 
 
@@ -303,6 +303,7 @@ def experiment_fingerprint(profile: Profile, cfg: SuiteConfig, name: str) -> dic
         "experiment": dataclasses.asdict(exp),
         "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods},
         "train": {k: cfg.train[k] for k in sorted(learners) if k in cfg.train},
+        "lr_translation": cfg.lr_translation,
         "profile": {"name": profile.name, "datasets": list(profile.datasets), "source": profile.source,
                     "variants": list(profile.variants)},
         "code": code_hash(UNIT_MODULES),
@@ -447,7 +448,7 @@ def experiment_rows(profile: Profile | str, name: str, *, seeds: Sequence[int] |
              "results": str(path.relative_to(prof.artifacts.parent.parent)) if path.is_relative_to(prof.artifacts.parent.parent) else str(path),
              "result_commits": commits, "commit": g["commit"], "dirty": g["dirty"],
              "runtime_s": round(unit_runtime(rows), 1), "machines": read_machines(path),
-             "suite_params": {"train": cfg.train, "augment": cfg.augment, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
+             "suite_params": {"train": cfg.train, "augment": cfg.augment, "lr_translation": cfg.lr_translation, "methods": {m: dataclasses.asdict(cfg.methods[m]) for m in exp.methods}}}
     return rows, stamp
 
 __all__ = ["SHIFT_COLUMNS", "Experiment", "MethodSpec", "SuiteConfig", "Unit", "experiment_rows", "experiment_shifts",

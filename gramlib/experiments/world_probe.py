@@ -62,17 +62,18 @@ def shot_overlap(a: set[str], b: set[str]) -> float:
 
 
 def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train: dict[str, Any],
-              policy: str = "none") -> dict[str, float]:
+              policy: str = "none", lr_translation: str = "none") -> dict[str, float]:
     from gramlib.experiments.protocols import run_unit, unit_data
 
     train_set, targets = unit_data(env, "base2new", dataset, shots, seed, train_split=True)
     rows = run_unit(env, "base2new", "CoOp", seed, shots, train_set, targets, learner_name="coop",
-                    train={**train, "epochs": epochs, "eval_every": epochs}, policy=policy)
+                    train={**train, "epochs": epochs, "eval_every": epochs}, policy=policy,
+                    lr_translation=lr_translation)
     return {r["split"]: r["accuracy"] for r in rows if r["epoch"] == epochs}
 
 
 def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: dict[str, Any],
-               policy: str = "none") -> dict[str, Any]:
+               policy: str = "none", lr_translation: str = "none") -> dict[str, Any]:
     """Every measurement of one (dataset, seed): accuracies in percent."""
     from gramlib.experiments.linear_probe import base_class_probe
     from gramlib.experiments.protocols import run_unit, unit_data
@@ -81,8 +82,8 @@ def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: 
     _, targets = unit_data(env, "base2new", dataset, cfg.shots, seed)
     zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None, targets,
                                                         learner_name="zeroshot")}
-    short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train, policy)
-    long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy)
+    short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train, policy, lr_translation)
+    long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy, lr_translation)
     lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
     return {"dataset": dataset, "seed": seed, "zs_base": zs["base"], "zs_new": zs["new"],
             "coop10_base": short["base"], "coop10_new": short["new"], "coop10_train": short["train"],
@@ -139,7 +140,7 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
         raise ValueError(f"probe.datasets: {unknown} are not datasets of profile {profile.name!r}")
     suite = suite_config(profile.name, params)  # CoOp exactly as the tables train it (recipe, augmentation)
     coop_train = {k: v for k, v in suite.train.get("coop", {}).items() if k != "epochs"}
-    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment) for d in datasets for s in cfg.seeds])
+    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment, suite.lr_translation) for d in datasets for s in cfg.seeds])
     per, avg = summarise(units, {d: dataset_overlaps(env, d, cfg) for d in datasets})
     out = Path(out_json)
     with atomic_path(out.with_suffix(".csv")) as tmp:
@@ -147,6 +148,7 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     result = {**avg, "bars": bars(avg), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
               "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
+              "lr_translation": suite.lr_translation,
               "provenance": provenance(profile.name)}
     write_json(out, result)
     return result
