@@ -7,7 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from gramlib.experiments.world_probe import PROBE_KEYS, ProbeConfig, bars, probe_config, run_probe, shot_overlap, summarise
+from gramlib.experiments.world_probe import (PROBE_KEYS, ProbeConfig, bars, bars_per_seed, probe_config, run_probe, shot_overlap,
+                                             summarise)
 
 
 def test_shot_overlap_counts_shared_images():
@@ -34,6 +35,20 @@ def test_summary_averages_seeds_then_datasets_and_bars_use_the_thresholds():
     assert not b["shot_overlap_le_0.25"]["met"]
 
 
+def test_bars_per_seed_are_each_seeds_dataset_means():
+    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+    base = {k: 50.0 for k in keys}
+    units = pd.DataFrame([{"dataset": "d1", "seed": 1, **base, "coop10_base": 58.0, "coop50_new": 47.0},
+                          {"dataset": "d2", "seed": 1, **base, "coop10_base": 54.0, "coop50_new": 49.0},
+                          {"dataset": "d1", "seed": 2, **base, "coop10_base": 52.0, "coop50_new": 50.5},
+                          {"dataset": "d2", "seed": 2, **base, "coop10_base": 50.0, "coop50_new": 49.5}])
+    per = bars_per_seed(units, 0.2)
+    # seed 1: base gain (58 + 54) / 2 - 50 = 6, decay 50 - 48 = 2; seed 2: gain 1, decay 0
+    assert per["coop10_base_gain_ge_5"] == {"1": pytest.approx(6.0), "2": pytest.approx(1.0)}
+    assert per["coop50_new_drop_ge_2"] == {"1": pytest.approx(2.0), "2": pytest.approx(0.0)}
+    assert per["shot_overlap_le_0.25"] == {"1": pytest.approx(0.05), "2": pytest.approx(0.05)}
+
+
 def test_probe_config_is_strict():
     assert probe_config("mini") == ProbeConfig()
     with pytest.raises(ValueError, match="short_epochs < long_epochs"):
@@ -51,6 +66,7 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
     assert 0.0 <= res["shot_overlap"] <= 1.0
     assert set(res["bars"]) == {"coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2",
                                 "shot_overlap_le_0.25"}
+    assert set(res["bars_per_seed"]) == set(res["bars"]) and all(set(v) == {"1", "2"} for v in res["bars_per_seed"].values())
     per = pd.read_csv(tmp_path / "world_probe.csv")
     assert list(per["dataset"]) == ["mini_glyphs_blueprint"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)
     assert res["provenance"]["machine"]["cpu_count"] >= 1

@@ -122,6 +122,18 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
     return {k: {"value": v, "met": bool(v >= need[k])} for k, v in checks.items()}
 
 
+def bars_per_seed(units: pd.DataFrame, shot_overlap_avg: float) -> dict[str, dict[str, float]]:
+    """Each bar's value for every seed alone (dataset means of that seed): two seeds can sit on both sides of a
+    threshold (the decay bar did, 2026-12-05), and the 2-seed average alone would hide that."""
+    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+    out: dict[str, dict[str, float]] = {}
+    for seed, grp in units.groupby("seed", sort=True):
+        avg = {**{k: float(grp.groupby("dataset")[k].mean().mean()) for k in keys}, "shot_overlap": shot_overlap_avg}
+        for name, b in bars(avg).items():
+            out.setdefault(name, {})[str(seed)] = b["value"]
+    return out
+
+
 def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *, params: dict | None = None,
               threads: int = 2) -> dict[str, Any]:
     """Probe every dataset and seed, write ``out_json`` (and the per-dataset CSV beside it) atomically."""
@@ -145,7 +157,7 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     out = Path(out_json)
     with atomic_path(out.with_suffix(".csv")) as tmp:
         per.to_csv(tmp, index=False, float_format="%.4f")
-    result = {**avg, "bars": bars(avg), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
+    result = {**avg, "bars": bars(avg), "bars_per_seed": bars_per_seed(units, avg["shot_overlap"]), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
               "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
               "lr_translation": suite.lr_translation,
@@ -154,5 +166,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     return result
 
 
-__all__ = ["PROBE_KEYS", "ProbeConfig", "bars", "dataset_overlaps", "probe_config", "probe_unit", "run_probe",
+__all__ = ["PROBE_KEYS", "ProbeConfig", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit", "run_probe",
            "shot_overlap", "summarise"]
