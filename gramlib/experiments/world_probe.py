@@ -123,8 +123,9 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 
 def bars_per_seed(units: pd.DataFrame, shot_overlap_avg: float) -> dict[str, dict[str, float]]:
-    """Each bar's value for every seed alone (dataset means of that seed): two seeds can sit on both sides of a
-    threshold (the decay bar did, 2026-12-05), and the 2-seed average alone would hide that."""
+    """Each bar's value for every seed alone (dataset means of that seed): the spread behind the 2-seed mean.
+    A bar can be met by other seeds and missed by the profile's (the decay bar, 2026-12-05: 0.9 at seeds 1-2,
+    3.2 at fresh seeds 5-8), so a single mean near a threshold is not a verdict."""
     keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
     out: dict[str, dict[str, float]] = {}
     for seed, grp in units.groupby("seed", sort=True):
