@@ -1,4 +1,4 @@
-"""The temperature-matched lr (suite.lr_translation, gramlib.tuning.recipe.lr_factor): its premise, its
+"""The temperature-matched lr (suite.lr_translation, gramlib.tuning.lr_translation.lr_factor): its premise, its
 arithmetic, and that every tuning run trains with it."""
 
 from __future__ import annotations
