@@ -151,7 +151,7 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
     ``learner_opts``. ``theta_init`` replaces the learner's initial θ (GRAM's θ*), ``init_seed`` seeds
     the random initialisation apart from the data ``seed`` (Figure 1a), ``train`` overrides the
     learner's TrainConfig, ``policy`` is the augmentation of the training inputs (``none`` | ``aug:N``),
-    ``lr_translation`` scales its lrs to the backbone's temperature (gramlib.tuning.recipe.lr_factor),
+    ``lr_translation`` scales its lrs to the backbone's temperature (gramlib.tuning.lr_translation.lr_factor),
     ``ckpt_dir`` checkpoints every epoch (and resumes); ``on_final(learner, θ)`` sees the final prompts
     (e.g. to measure their feature shift) before they are dropped.
     Returns tidy rows: one per target and evaluated epoch (zero-shot: epoch 0 only).

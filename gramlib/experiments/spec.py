@@ -126,7 +126,7 @@ class SuiteConfig:
     # default of every meta method's ``meta_seeds`` ("one" | "paired", see MethodSpec)
     meta_seeds: str = "one"
     # every tuning lr (each learner's published one or suite.train's) as is ("none") or scaled to CLIP's
-    # step size on this backbone ("temperature": x 100 / exp(logit_scale), gramlib.tuning.recipe.lr_factor)
+    # step size on this backbone ("temperature": x 100 / exp(logit_scale), gramlib.tuning.lr_translation.lr_factor)
     lr_translation: str = "none"
 
     def __post_init__(self) -> None:

@@ -153,12 +153,14 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
         raise ValueError(f"probe.datasets: {unknown} are not datasets of profile {profile.name!r}")
     suite = suite_config(profile.name, params)  # CoOp exactly as the tables train it (recipe, augmentation)
     coop_train = {k: v for k, v in suite.train.get("coop", {}).items() if k != "epochs"}
-    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment, suite.lr_translation) for d in datasets for s in cfg.seeds])
+    units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment, suite.lr_translation)
+                          for d in datasets for s in cfg.seeds])
     per, avg = summarise(units, {d: dataset_overlaps(env, d, cfg) for d in datasets})
     out = Path(out_json)
     with atomic_path(out.with_suffix(".csv")) as tmp:
         per.to_csv(tmp, index=False, float_format="%.4f")
-    result = {**avg, "bars": bars(avg), "bars_per_seed": bars_per_seed(units, avg["shot_overlap"]), "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
+    result = {**avg, "bars": bars(avg), "bars_per_seed": bars_per_seed(units, avg["shot_overlap"]),
+              "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
               "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
               "lr_translation": suite.lr_translation,
@@ -167,5 +169,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     return result
 
 
-__all__ = ["PROBE_KEYS", "ProbeConfig", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit", "run_probe",
-           "shot_overlap", "summarise"]
+__all__ = ["PROBE_KEYS", "ProbeConfig", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit",
+           "run_probe", "shot_overlap", "summarise"]
