@@ -42,7 +42,7 @@ def test_bars_per_seed_are_each_seeds_dataset_means():
                           {"dataset": "d2", "seed": 1, **base, "coop10_base": 54.0, "coop50_new": 49.0},
                           {"dataset": "d1", "seed": 2, **base, "coop10_base": 52.0, "coop50_new": 50.5},
                           {"dataset": "d2", "seed": 2, **base, "coop10_base": 50.0, "coop50_new": 49.5}])
-    per = bars_per_seed(units, 0.2)
+    per = bars_per_seed(units, {"d1": 0.2, "d2": 0.2})
     # seed 1: base gain (58 + 54) / 2 - 50 = 6, decay 50 - 48 = 2; seed 2: gain 1, decay 0
     assert per["coop10_base_gain_ge_5"] == {"1": pytest.approx(6.0), "2": pytest.approx(1.0)}
     assert per["coop50_new_drop_ge_2"] == {"1": pytest.approx(2.0), "2": pytest.approx(0.0)}

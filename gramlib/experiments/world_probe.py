@@ -122,15 +122,13 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
     return {k: {"value": v, "met": bool(v >= need[k])} for k, v in checks.items()}
 
 
-def bars_per_seed(units: pd.DataFrame, shot_overlap_avg: float) -> dict[str, dict[str, float]]:
-    """Each bar's value for every seed alone (dataset means of that seed): the spread behind the 2-seed mean.
-    A bar can be met by other seeds and missed by the profile's (the decay bar, 2026-12-05: 0.9 at seeds 1-2,
-    3.2 at fresh seeds 5-8), so a single mean near a threshold is not a verdict."""
-    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+def bars_per_seed(units: pd.DataFrame, overlaps: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each bar's value for every seed alone (:func:`summarise` of that seed's units): the spread behind the
+    2-seed mean. A bar can be met by other seeds and missed by the profile's (the decay bar, 2026-12-05: 0.9 at
+    seeds 1-2, 3.2 at fresh seeds 5-8), so a single mean near a threshold is not a verdict."""
     out: dict[str, dict[str, float]] = {}
     for seed, grp in units.groupby("seed", sort=True):
-        avg = {**{k: float(grp.groupby("dataset")[k].mean().mean()) for k in keys}, "shot_overlap": shot_overlap_avg}
-        for name, b in bars(avg).items():
+        for name, b in bars(summarise(grp, overlaps)[1]).items():
             out.setdefault(name, {})[str(seed)] = b["value"]
     return out
 
@@ -155,11 +153,12 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     coop_train = {k: v for k, v in suite.train.get("coop", {}).items() if k != "epochs"}
     units = pd.DataFrame([probe_unit(env, d, s, cfg, coop_train, suite.augment, suite.lr_translation)
                           for d in datasets for s in cfg.seeds])
-    per, avg = summarise(units, {d: dataset_overlaps(env, d, cfg) for d in datasets})
+    overlaps = {d: dataset_overlaps(env, d, cfg) for d in datasets}
+    per, avg = summarise(units, overlaps)
     out = Path(out_json)
     with atomic_path(out.with_suffix(".csv")) as tmp:
         per.to_csv(tmp, index=False, float_format="%.4f")
-    result = {**avg, "bars": bars(avg), "bars_per_seed": bars_per_seed(units, avg["shot_overlap"]),
+    result = {**avg, "bars": bars(avg), "bars_per_seed": bars_per_seed(units, overlaps),
               "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
               "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
