@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from gramlib.experiments.world_probe import (PROBE_KEYS, ProbeConfig, bars, bars_per_seed, probe_config, run_probe, shot_overlap,
-                                             summarise)
+from gramlib.experiments.world_probe import (PROBE_KEYS, ProbeConfig, bar_intervals, bars, bars_per_seed, probe_config,
+                                             run_probe, shot_overlap, summarise)
 
 
 def test_shot_overlap_counts_shared_images():
@@ -29,7 +29,7 @@ def test_summary_averages_seeds_then_datasets_and_bars_use_the_thresholds():
     avg = {**{k: 0.0 for k in PROBE_KEYS}, "zs_base": 60.0, "coop10_base": 66.0, "zs_new": 70.0, "coop10_new": 69.0,
            "coop50_new": 67.5, "shot_overlap": 0.3}
     b = bars(avg)
-    assert b["coop10_base_gain_ge_5"] == {"value": 6.0, "met": True}
+    assert b["coop10_base_gain_ge_5"] == {"value": 6.0, "threshold": 5.0, "met": True}
     assert b["coop10_new_le_zs_new"]["met"] and not b["coop50_new_drop_ge_2"]["met"]
     assert b["coop50_new_drop_ge_2"]["value"] == pytest.approx(1.5)
     assert not b["shot_overlap_le_0.25"]["met"]
@@ -49,6 +49,28 @@ def test_bars_per_seed_are_each_seeds_dataset_means():
     assert per["shot_overlap_le_0.25"] == {"1": pytest.approx(0.05), "2": pytest.approx(0.05)}
 
 
+def test_bar_intervals_are_t_intervals_over_dataset_seed_units():
+    keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
+    base = {k: 50.0 for k in keys}
+    # 10 -> 50 epoch drops of 1, 2, 3, 4 points over four (dataset, seed) units: mean 2.5, sample std
+    # sqrt(5/3) = 1.2910; t(0.975, 3 df) = 3.182446 (tables) -> half width 3.182446 * 1.2910 / 2 = 2.0543
+    drops = [1.0, 2.0, 3.0, 4.0]
+    units = pd.DataFrame([{"dataset": f"d{i % 2}", "seed": 1 + i // 2, **base, "coop10_base": 60.0 + i,
+                           "coop50_new": 50.0 - d} for i, d in enumerate(drops)])
+    ci = bar_intervals(units)
+    assert ci["coop50_new_drop_ge_2"]["ci_low"] == pytest.approx(2.5 - 2.0543, abs=1e-4)
+    assert ci["coop50_new_drop_ge_2"]["ci_high"] == pytest.approx(2.5 + 2.0543, abs=1e-4)
+    assert ci["coop50_new_drop_ge_2"]["verdict"] == "not resolved at this size"  # [0.45, 4.55] holds 2
+    # base gains 10, 11, 12, 13: interval 11.5 +- 2.05, all above 5 -> met; new unchanged (0 >= 0, zero width)
+    assert ci["coop10_base_gain_ge_5"]["verdict"] == "met" and ci["coop10_base_gain_ge_5"]["n_units"] == 4
+    assert ci["coop10_new_le_zs_new"]["ci_low"] == ci["coop10_new_le_zs_new"]["ci_high"] == 0.0
+    assert ci["coop10_new_le_zs_new"]["verdict"] == "met"
+    # shift every drop down by 3 (-2, -1, 0, 1): interval [-2.55, 1.55], wholly below 2 -> missed
+    units["coop50_new"] += 3.0
+    assert bar_intervals(units)["coop50_new_drop_ge_2"]["verdict"] == "missed"
+    assert "shot_overlap_le_0.25" not in ci  # a count of shared files, not a sample
+
+
 def test_probe_config_is_strict():
     assert probe_config("mini") == ProbeConfig()
     with pytest.raises(ValueError, match="short_epochs < long_epochs"):
@@ -66,6 +88,9 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
     assert 0.0 <= res["shot_overlap"] <= 1.0
     assert set(res["bars"]) == {"coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2",
                                 "shot_overlap_le_0.25"}
+    for name in ("coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2"):
+        b = res["bars"][name]
+        assert b["n_units"] == 2 and b["ci_low"] <= b["value"] <= b["ci_high"], name
     assert set(res["bars_per_seed"]) == set(res["bars"]) and all(set(v) == {"1", "2"} for v in res["bars_per_seed"].values())
     per = pd.read_csv(tmp_path / "world_probe.csv")
     assert list(per["dataset"]) == ["mini_glyphs_blueprint"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)
