@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from gramlib.experiments.world_probe import (PROBE_KEYS, ProbeConfig, bar_intervals, bars, bars_per_seed, probe_config,
-                                             run_probe, shot_overlap, summarise)
+                                             run_probe, shot_overlap, stratified_interval, summarise)
+from gramlib.stats import mean_interval
 
 
 def test_shot_overlap_counts_shared_images():
@@ -49,24 +50,41 @@ def test_bars_per_seed_are_each_seeds_dataset_means():
     assert per["shot_overlap_le_0.25"] == {"1": pytest.approx(0.05), "2": pytest.approx(0.05)}
 
 
-def test_bar_intervals_are_t_intervals_over_dataset_seed_units():
+def test_stratified_interval_counts_only_the_spread_within_strata():
+    # strata A = [1, 3], B = [5, 7]: means 2 and 6 (their gap is no noise), each mean's variance 2 / 2 = 1;
+    # se = sqrt(1 + 1) / 2 = 0.70711, Welch-Satterthwaite df = (1 + 1)^2 / (1 / 1 + 1 / 1) = 2,
+    # t(0.975, 2) = 4.302653 (tables) -> half width 3.04243 around the mean 4
+    m, lo, hi = stratified_interval([1.0, 3.0, 5.0, 7.0], ["A", "A", "B", "B"])
+    assert m == pytest.approx(4.0)
+    assert (lo, hi) == (pytest.approx(4.0 - 3.04243, abs=1e-4), pytest.approx(4.0 + 3.04243, abs=1e-4))
+    # the same four values as one sample: the 4-point gap between strata widens the interval
+    _, lo1, hi1 = mean_interval([1.0, 3.0, 5.0, 7.0])
+    assert hi1 - lo1 > hi - lo
+    # strata that agree within themselves: zero width, whatever their means
+    assert stratified_interval([1.0, 1.0, 9.0, 9.0], ["A", "A", "B", "B"]) == (5.0, 5.0, 5.0)
+    # a stratum with one value has no spread to estimate
+    m, lo, hi = stratified_interval([1.0, 3.0, 5.0], ["A", "A", "B"])
+    assert m == pytest.approx(3.5) and math.isnan(lo) and math.isnan(hi)
+
+
+def test_bar_intervals_count_the_seed_spread_within_each_dataset():
     keys = [k for k in PROBE_KEYS if k != "shot_overlap"]
     base = {k: 50.0 for k in keys}
-    # 10 -> 50 epoch drops of 1, 2, 3, 4 points over four (dataset, seed) units: mean 2.5, sample std
-    # sqrt(5/3) = 1.2910; t(0.975, 3 df) = 3.182446 (tables) -> half width 3.182446 * 1.2910 / 2 = 2.0543
+    # 10 -> 50 epoch drops: d0 = [1, 3] (seeds 1, 2), d1 = [2, 4]; mean 2.5; each dataset mean's variance
+    # 2 / 2 = 1, se = sqrt(2) / 2, Welch-Satterthwaite df 2, t(0.975, 2) = 4.302653 (tables) -> +- 3.04243
     drops = [1.0, 2.0, 3.0, 4.0]
     units = pd.DataFrame([{"dataset": f"d{i % 2}", "seed": 1 + i // 2, **base, "coop10_base": 60.0 + i,
                            "coop50_new": 50.0 - d} for i, d in enumerate(drops)])
     ci = bar_intervals(units)
-    assert ci["coop50_new_drop_ge_2"]["ci_low"] == pytest.approx(2.5 - 2.0543, abs=1e-4)
-    assert ci["coop50_new_drop_ge_2"]["ci_high"] == pytest.approx(2.5 + 2.0543, abs=1e-4)
-    assert ci["coop50_new_drop_ge_2"]["verdict"] == "not resolved at this size"  # [0.45, 4.55] holds 2
-    # base gains 10, 11, 12, 13: interval 11.5 +- 2.05, all above 5 -> met; new unchanged (0 >= 0, zero width)
-    assert ci["coop10_base_gain_ge_5"]["verdict"] == "met" and ci["coop10_base_gain_ge_5"]["n_units"] == 4
+    assert ci["coop50_new_drop_ge_2"]["ci_low"] == pytest.approx(2.5 - 3.04243, abs=1e-4)
+    assert ci["coop50_new_drop_ge_2"]["ci_high"] == pytest.approx(2.5 + 3.04243, abs=1e-4)
+    assert ci["coop50_new_drop_ge_2"]["verdict"] == "not resolved at this size"  # [-0.54, 5.54] holds 2
+    # base gains d0 = [10, 12], d1 = [11, 13]: 11.5 +- 3.04, wholly above 5 -> met; new unchanged: zero width
+    assert ci["coop10_base_gain_ge_5"]["verdict"] == "met" and ci["coop10_base_gain_ge_5"]["n_seeds"] == 2
     assert ci["coop10_new_le_zs_new"]["ci_low"] == ci["coop10_new_le_zs_new"]["ci_high"] == 0.0
     assert ci["coop10_new_le_zs_new"]["verdict"] == "met"
-    # shift every drop down by 3 (-2, -1, 0, 1): interval [-2.55, 1.55], wholly below 2 -> missed
-    units["coop50_new"] += 3.0
+    # drops lowered by 6 (-5, -4, -3, -2): -3.5 +- 3.04, wholly below 2 -> missed
+    units["coop50_new"] += 6.0
     assert bar_intervals(units)["coop50_new_drop_ge_2"]["verdict"] == "missed"
     assert "shot_overlap_le_0.25" not in ci  # a count of shared files, not a sample
 
@@ -90,7 +108,8 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
                                 "shot_overlap_le_0.25"}
     for name in ("coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2"):
         b = res["bars"][name]
-        assert b["n_units"] == 2 and b["ci_low"] <= b["value"] <= b["ci_high"], name
+        assert b["n_seeds"] == 2 and b["ci_low"] <= b["value"] <= b["ci_high"], name
+    assert [(u["dataset"], u["seed"]) for u in res["units"]] == [("mini_glyphs_blueprint", s) for s in (1, 2)]
     assert set(res["bars_per_seed"]) == set(res["bars"]) and all(set(v) == {"1", "2"} for v in res["bars_per_seed"].values())
     per = pd.read_csv(tmp_path / "world_probe.csv")
     assert list(per["dataset"]) == ["mini_glyphs_blueprint"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)

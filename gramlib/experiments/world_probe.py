@@ -10,9 +10,11 @@ the seeds train on the same images).  It is the tool to design a world with: ``g
 minutes on 2 cores for the mini profile, and a DVC stage writing ``reports/world_probe.json``.
 
 The JSON's top-level accuracies average the datasets of the seed-averaged per-dataset values; ``bars``
-compares them with issue 14's thresholds, each with its t-interval over the (dataset, seed) units and a
-verdict (met, missed, or not resolved at this size); ``bars_per_seed`` gives each seed's value.  ``coop10_*``/``coop50_*`` are the short and the long run
-(``short_epochs``/``long_epochs``: 10 and 50 except in the smoke profile, which shrinks them).
+compares them with issue 14's thresholds, each with its interval over data seeds (datasets fixed) and a
+verdict (met, missed, or not resolved at this size); ``bars_per_seed`` gives each seed's value and
+``units`` each (dataset, seed)'s measurements, so that a reader can recompute both.  ``coop10_*`` and
+``coop50_*`` are the short and the long run (``short_epochs``/``long_epochs``: 10 and 50 except in the
+smoke profile, which shrinks them).
 """
 
 from __future__ import annotations
@@ -132,22 +134,49 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
             for k, v in checks.items()}
 
 
-def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[str, Any]]:
-    """Each CoOp bar's t-interval over the (dataset, seed) units, the tables' units (gramlib.stats), and
-    whether the whole interval clears its threshold ("met"), misses it ("missed") or straddles it.
+def stratified_interval(values: Any, strata: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the t-interval of the mean over fixed strata of each stratum's mean.
 
-    With every dataset run at every seed the units' mean is the bar's value (the mean of dataset means).
-    A 2-seed mean can sit on either side of a threshold by chance (the decay bar, 2026-12-05: 0.9 at seeds
-    1-2, 3.2 at seeds 5-8): the interval says whether the probe can tell at all. The overlap bar has no
-    interval: it counts shared files, it does not sample anything."""
-    from gramlib.stats import UNRESOLVED, mean_interval
+    For a quantity of *this* world: its datasets are fixed, not drawn, so their differences are no noise;
+    only the spread within each dataset, across data seeds, is. The standard error is
+    sqrt(sum_d s_d^2 / n_d) / D, with Welch-Satterthwaite degrees of freedom; NaN bounds where a stratum has
+    fewer than two values. (Here rather than in gramlib.stats, which is part of the meta-training runs'
+    code fingerprint: an edit there retrains every run.)"""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    g = np.asarray(strata)
+    groups = [x[g == lab] for lab in dict.fromkeys(g.tolist())]
+    m = float(np.mean([grp.mean() for grp in groups])) if groups else float("nan")
+    if not groups or min(grp.size for grp in groups) < 2:
+        return m, float("nan"), float("nan")
+    n = np.array([grp.size for grp in groups])
+    v = np.array([grp.var(ddof=1) for grp in groups]) / n  # the variance of each stratum's mean
+    if v.sum() == 0.0:
+        return m, m, m
+    dof = v.sum() ** 2 / float(np.sum(v ** 2 / (n - 1)))
+    h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(v.sum())) / len(groups)
+    return m, m - h, m + h
+
+
+def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Each CoOp bar's 95 % interval, and whether the whole interval clears its threshold ("met"), misses
+    it ("missed") or holds it (not resolved at this size).
+
+    The bars ask about *this* world: its datasets are fixed, so the interval counts only the spread across
+    data seeds within each dataset (:func:`stratified_interval`), not the datasets' differences
+    (the tables' (dataset, seed) units generalise over datasets instead). A 2-seed mean can sit on either side
+    of a threshold by chance (the decay bar, 2026-12-05: 0.9 at seeds 1-2, 3.2 at seeds 5-8): the interval
+    says whether the probe can tell. The overlap bar has none: it counts shared files, it samples nothing."""
+    from gramlib.stats import UNRESOLVED
 
     out: dict[str, dict[str, Any]] = {}
     for name, (a, b) in BAR_DIFFERENCES.items():
-        _, lo, hi = mean_interval(units[a] - units[b], level)
+        _, lo, hi = stratified_interval(units[a] - units[b], units["dataset"], level)
         thr = BAR_THRESHOLDS[name]
         verdict = "met" if lo >= thr else "missed" if hi < thr else UNRESOLVED
-        out[name] = {"ci_low": lo, "ci_high": hi, "n_units": int(len(units)), "verdict": verdict}
+        out[name] = {"ci_low": lo, "ci_high": hi, "n_seeds": int(units["seed"].nunique()), "verdict": verdict}
     return out
 
 
@@ -192,6 +221,7 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
               "bars_per_seed": bars_per_seed(units, overlaps),
               "short_epochs": cfg.short_epochs, "long_epochs": cfg.long_epochs,
               "per_dataset": per.set_index("dataset").to_dict(orient="index"),
+              "units": units.drop(columns="seconds").to_dict(orient="records"),  # what the intervals are over
               "probe_seconds": float(units["seconds"].sum()), "config": asdict(cfg), "augment": suite.augment,
               "lr_translation": suite.lr_translation,
               "provenance": provenance(profile.name)}
@@ -200,4 +230,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
 
 
 __all__ = ["BAR_DIFFERENCES", "BAR_THRESHOLDS", "PROBE_KEYS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
-           "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "summarise"]
+           "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "stratified_interval",
+           "summarise"]
