@@ -79,6 +79,39 @@ def test_two_runs_normalise_to_the_same_bytes_and_keep_what_a_reader_needs(tmp_p
     assert paths[0].read_bytes() == a
 
 
+def test_styled_tables_and_split_streams_normalise_to_the_same_bytes(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": [0.12], "vision": [0.34]})
+    paths = []
+    for run in (1, 2):
+        nb = nbformat.v4.new_notebook()
+        cells = []
+        for i in range(2):  # two styled tables, each drawn with a fresh random uuid by pandas
+            c = nbformat.v4.new_code_cell("frame.style", execution_count=i + 1)
+            c.id = f"c{i}"
+            c.outputs = [nbformat.v4.new_output("execute_result", execution_count=i + 1,
+                                                data={"text/html": frame.style.format("{:.2f}").to_html()})]
+            cells.append(c)
+        # the same prints, stored as one stream output in run 1 and split by the kernel in run 2
+        prints = ["CoOp+GRAM: 46.80\n", "CoOp: 48.52\n"]
+        split = [nbformat.v4.new_output("stream", name="stdout", text=t) for t in prints]
+        cells[1].outputs = ([nbformat.v4.new_output("stream", name="stdout", text="".join(prints))] if run == 1
+                            else split) + cells[1].outputs
+        nb.cells = cells
+        paths.append(tmp_path / f"run{run}.ipynb")
+        nbformat.write(nb, paths[-1])
+        normalise_notebook(paths[-1], root=tmp_path)
+    a, b = (p.read_bytes() for p in paths)
+    assert a == b
+    cells = json.loads(a)["cells"]
+    html0, html1 = (_j(c["outputs"][-1]["data"]["text/html"]) for c in cells)
+    assert '<table id="T_nb0"' in html0 and '<table id="T_nb1"' in html1  # unique on the page
+    assert "#T_nb0_" not in html1 and "0.34" in html0  # each table's CSS follows its own id; values kept
+    stdout = cells[1]["outputs"][0]
+    assert stdout["output_type"] == "stream" and _j(stdout["text"]) == "CoOp+GRAM: 46.80\nCoOp: 48.52\n"
+
+
 def test_an_oversized_notebook_is_named_and_left_alone(tmp_path, capsys):
     p = tmp_path / "big.ipynb"
     nb = _executed(tmp_path, 1)

@@ -35,6 +35,8 @@ _WIDGET_MIMES = ("application/vnd.jupyter.widget-view+json", "application/vnd.ju
 # a tqdm progress line: "  40%|████      | 4/10 [00:01<00:02,  3.1it/s]" (times and rates vary per run)
 _PROGRESS = re.compile(r"\d+%\|.*\||\d+(\.\d+)?\s*(it/s|s/it)\b|\[\d{2}:\d{2}[<,]")
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+# pandas' Styler names each table's CSS ids after a random uuid prefix: <table id="T_9bd72"> and T_9bd72_row0_col0
+_STYLER_ID = re.compile(r'<table id="(T_[0-9a-f]{5})"')
 
 
 def save_and_show(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -105,6 +107,34 @@ def _clean_output(out: dict[str, Any], prefixes: list[tuple[str, str]]) -> dict[
     return out
 
 
+def _merge_streams(outs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adjacent outputs of the same stream as one: the kernel splits a cell's prints into messages by
+    timing, so two runs can store the same text as one output or as two."""
+    merged: list[dict[str, Any]] = []
+    for o in outs:
+        prev = merged[-1] if merged else None
+        if prev is not None and o.get("output_type") == "stream" == prev.get("output_type") \
+                and o.get("name") == prev.get("name"):
+            merged[-1] = {**prev, "text": _join(prev["text"]) + _join(o["text"])}
+        else:
+            merged.append(o)
+    return merged
+
+
+def _renumber_styler_ids(outs: list[dict[str, Any]], seen: dict[str, str]) -> None:
+    """Replace each Styler table's random uuid by its order in the notebook (``T_nb0``, ``T_nb1``, ...),
+    in place: unique across the page, as the ids must be, and the same every run."""
+    for o in outs:
+        html = o.get("data", {}).get("text/html")
+        if not isinstance(html, str):
+            continue
+        for uid in _STYLER_ID.findall(html):
+            seen.setdefault(uid, f"T_nb{len(seen)}")
+        for uid, new in seen.items():
+            html = html.replace(uid, new)
+        o["data"]["text/html"] = html
+
+
 def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None = None,
                        max_bytes: int = MAX_BYTES) -> dict[str, Any]:
     """Rewrite an executed notebook in place without run-to-run noise; returns what it holds.
@@ -113,7 +143,8 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
     are the same every run), cell tags, the kernel and language records, Papermill's input/output paths
     and parameters. Added: ``metadata.gramlib``, the commit (and dirty flag) of the tree that ran it.
     Dropped or fixed: every timestamp and duration, Papermill's environment and version, widget state,
-    progress bars, the random id of the cell Papermill injects; absolute paths of ``root`` (default: the
+    progress bars, the random id of the cell Papermill injects, the random ids of pandas' styled tables,
+    how the kernel happened to split a stream into messages; absolute paths of ``root`` (default: the
     current folder, the repository for a DVC stage), of the Python installation and of the home folder
     are made relative or symbolic.
     """
@@ -136,14 +167,15 @@ def normalise_notebook(path: str | os.PathLike, root: str | os.PathLike | None =
                 meta["papermill"][k] = _clean_text(meta["papermill"][k], prefixes)
     meta.pop("widgets", None)
     meta["gramlib"] = git_commit(root)  # the commit that ran it (the site's page stamps)
-    n_outputs = 0
+    n_outputs, styler_ids = 0, {}
     for cell in nb.cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k not in ("execution", "papermill", "ExecuteTime")}
         if "injected-parameters" in cell.metadata.get("tags", []):
             cell["id"] = "injected-parameters"  # Papermill draws a new random id for the cell it injects
         if cell.cell_type != "code":
             continue
-        outs = [o for o in (_clean_output(dict(o), prefixes) for o in cell.outputs) if o is not None]
+        outs = _merge_streams([o for o in (_clean_output(dict(o), prefixes) for o in cell.outputs) if o is not None])
+        _renumber_styler_ids(outs, styler_ids)
         cell.outputs = [nbformat.from_dict(o) for o in outs]
         n_outputs += bool(outs)
     text = nbformat.writes(nb)
