@@ -159,3 +159,15 @@ def test_the_committed_executed_notebooks_cover_every_numbered_notebook():
             doc = json.loads(text)
             assert any(c.get("outputs") for c in doc["cells"] if c["cell_type"] == "code"), name
             assert len(doc["metadata"]["gramlib"]["commit"]) == 40 and doc["metadata"]["gramlib"]["dirty"] is False, name
+
+
+def test_every_source_notebook_cell_has_a_fixed_id():
+    """A cell without an id gets a random one from nbformat at every run (Papermill keeps the source's):
+    its executed copy would differ between two runs of the same inputs (found by a fresh-clone repro)."""
+    from gramlib.config import REPO
+
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        ids = [c.get("id") for c in cells]
+        assert all(ids), f"{nb.name}: cells {[i for i, x in enumerate(ids) if not x]} have no id"
+        assert len(set(ids)) == len(ids), f"{nb.name}: duplicate cell ids"
