@@ -1,7 +1,8 @@
 """The world probe (mini) under a given suite.lr_translation and probe seeds, written to another file.
 
 Usage: python notes/prototypes/lr_translation_probe.py temperature 5,6,7,8 /tmp/probe.json 1  (translation,
-seeds, output, threads); results of 2026-12-05: world_probe_lr_temperature_seeds*_2026-12-05.json beside it.
+seeds, output, threads); results of 2026-12-05: world_probe_lr_temperature_seeds*_2026-12-05.json beside it;
+of 2026-12-06 (16 seeds, with the bars' intervals): world_probe_lr_temperature_seeds1-12_101-104_2026-12-06.json.
 """
 import sys
 from gramlib.config import get_profile, load_params
