@@ -30,10 +30,18 @@ def test_summary_averages_seeds_then_datasets_and_bars_use_the_thresholds():
     avg = {**{k: 0.0 for k in PROBE_KEYS}, "zs_base": 60.0, "coop10_base": 66.0, "zs_new": 70.0, "coop10_new": 69.0,
            "coop50_new": 67.5, "shot_overlap": 0.3}
     b = bars(avg)
-    assert b["coop10_base_gain_ge_5"] == {"value": 6.0, "threshold": 5.0, "met": True}
+    assert b["coop10_base_gain_ge_5"] == {"rule": "coop10_base - zs_base >= 5", "value": 6.0, "threshold": 5.0,
+                                          "met": True}
     assert b["coop10_new_le_zs_new"]["met"] and not b["coop50_new_drop_ge_2"]["met"]
     assert b["coop50_new_drop_ge_2"]["value"] == pytest.approx(1.5)
     assert not b["shot_overlap_le_0.25"]["met"]
+    # every rule, read as text and evaluated on the averages, gives the bar's value and verdict
+    for name, bar in b.items():
+        lhs, rhs = bar["rule"].split(" >= ")
+        left, right = (x.strip() for x in lhs.split(" - "))
+        value = (float(left) if left[0].isdigit() else avg[left]) - avg[right]
+        assert bar["value"] == pytest.approx(value) and bar["threshold"] == float(rhs), name
+        assert bar["met"] == (value >= float(rhs)), name
 
 
 def test_bars_per_seed_are_each_seeds_dataset_means():

@@ -121,6 +121,10 @@ BAR_DIFFERENCES = {
 }
 BAR_THRESHOLDS = {"coop10_base_gain_ge_5": 5.0, "coop10_new_le_zs_new": 0.0, "coop50_new_drop_ge_2": 2.0,
                   "shot_overlap_le_0.25": 0.0}
+# Each bar's quantity and test in words, written beside it in world_probe.json: the value is a difference (or,
+# for the overlap, a margin), so its name alone ("le_0.25" against a threshold of 0) would mislead a reader.
+BAR_RULES = {**{name: f"{a} - {b} >= {BAR_THRESHOLDS[name]:g}" for name, (a, b) in BAR_DIFFERENCES.items()},
+             "shot_overlap_le_0.25": "0.25 - shot_overlap >= 0"}
 
 
 def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
@@ -130,7 +134,7 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
     every bar reads the same way round."""
     checks = {name: avg[a] - avg[b] for name, (a, b) in BAR_DIFFERENCES.items()}
     checks["shot_overlap_le_0.25"] = 0.25 - avg["shot_overlap"]
-    return {k: {"value": v, "threshold": BAR_THRESHOLDS[k], "met": bool(v >= BAR_THRESHOLDS[k])}
+    return {k: {"rule": BAR_RULES[k], "value": v, "threshold": BAR_THRESHOLDS[k], "met": bool(v >= BAR_THRESHOLDS[k])}
             for k, v in checks.items()}
 
 
@@ -229,6 +233,6 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     return result
 
 
-__all__ = ["BAR_DIFFERENCES", "BAR_THRESHOLDS", "PROBE_KEYS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
+__all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "PROBE_KEYS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
            "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "stratified_interval",
            "summarise"]

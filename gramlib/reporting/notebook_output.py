@@ -128,10 +128,9 @@ def _renumber_styler_ids(outs: list[dict[str, Any]], seen: dict[str, str]) -> No
         html = o.get("data", {}).get("text/html")
         if not isinstance(html, str):
             continue
-        for uid in _STYLER_ID.findall(html):
-            seen.setdefault(uid, f"T_nb{len(seen)}")
-        for uid, new in seen.items():
-            html = html.replace(uid, new)
+        own = dict.fromkeys(_STYLER_ID.findall(html))  # this output's tables: their CSS names them alone
+        for uid in own:
+            html = html.replace(uid, seen.setdefault(uid, f"T_nb{len(seen)}"))
         o["data"]["text/html"] = html
 
 
