@@ -102,10 +102,18 @@ def _regulator_sweep(profile: Profile, params: dict, a: argparse.Namespace) -> A
 
 
 def _probe(profile: Profile, params: dict, a: argparse.Namespace) -> Any:
+    import dataclasses
+
     from gramlib.experiments.world_probe import PROBE_KEYS, probe_config, run_probe
 
+    cfg = probe_config(profile.name, params)
+    if a.seeds is not None:  # more seeds than the stage's, e.g. to see whether its 2-seed mean is typical
+        if a.out is None:
+            raise ValueError("gramlib probe --seeds: give --out as well (reports/world_probe.json is the "
+                             f"world_probe stage's output, over probe.seeds {list(cfg.seeds)})")
+        cfg = dataclasses.replace(cfg, seeds=a.seeds)
     out = Path(a.out) if a.out else REPO / "reports" / "world_probe.json"
-    res = run_probe(profile, probe_config(profile.name, params), out, params=params, threads=a.threads)
+    res = run_probe(profile, cfg, out, params=params, threads=a.threads)
     return {**{k: round(res[k], 2) for k in PROBE_KEYS}, "bars met": {k: v["met"] for k, v in res["bars"].items()}}
 
 
@@ -193,6 +201,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p = add("probe", _probe, "the world probe: does the world have the paper's problem? (reports/world_probe.json)")
     p.add_argument("--out", default=None, help="default: reports/world_probe.json (a CSV per dataset beside it)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=_ints, default=None,
+                   help="comma-separated data seeds instead of probe.seeds (needs --out)")
     p = add("suite", _suite, "run experiments of suite.experiments (resumes finished units)")
     p.add_argument("--experiment", required=True, action="append", help="an experiment name (repeatable)")
     p.add_argument("--out-dir", default=None, help="default: artifacts/<profile>/suite")

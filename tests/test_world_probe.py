@@ -124,3 +124,13 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
     assert res["provenance"]["machine"]["cpu_count"] >= 1
     with pytest.raises(ValueError, match="not datasets of profile"):
         run_probe(smoke, ProbeConfig(datasets=("imagenet",)), tmp_path / "x.json")
+
+
+def test_probe_cli_takes_other_seeds_only_with_an_output_of_its_own(capsys):
+    from gramlib.cli import build_parser, main
+
+    ap, _ = build_parser()
+    assert ap.parse_args(["probe", "--profile", "smoke", "--seeds", "3,4,101", "--out", "x.json"]).seeds == (3, 4, 101)
+    # the stage's output belongs to probe.seeds: refused before anything runs, naming the parameter
+    assert main(["probe", "--profile", "smoke", "--seeds", "3,4"]) == 2
+    assert "--seeds: give --out" in capsys.readouterr().err
