@@ -1,7 +1,7 @@
 """How many data seeds does the world probe need to resolve the decay bar? (issue 14, 2026-12-06)
 
-Reads the 16-seed probe (seeds 1-12, 101-104; same code and world as the stage) and answers, without any new
-training: (1) of the 120 pairs of these seeds, how many give a 2-seed mean decay >= 2 (the issue's point check),
+Reads the 16-seed probe (seeds 1-12 and 101-104, `gramlib probe --profile mini --seeds ... --out ...`) and
+answers, without any new training: (1) of the 120 pairs of these seeds, how many give a 2-seed mean decay >= 2 (the issue's point check),
 and how many a 95 % interval whose lower end clears 2 (the probe's verdict "met"); (2) from the per-dataset
 spread across seeds, the expected interval half-width at n seeds, and the smallest n at which the 16-seed mean
 decay (2.74) would clear 2 with its whole interval. The interval is the probe's own (stratified_interval).
@@ -22,7 +22,7 @@ from scipy import stats
 from gramlib.experiments.world_probe import stratified_interval
 
 HERE = Path(__file__).parent
-SRC = HERE / "world_probe_lr_temperature_seeds1-12_101-104_2026-12-06.json"
+SRC = HERE / "world_probe_seeds1-12_101-104_cli_2026-12-06.json"  # gramlib probe --seeds ..., clean commit
 
 
 def main() -> dict:
