@@ -101,6 +101,8 @@ def test_probe_config_is_strict():
     assert probe_config("mini") == ProbeConfig()
     with pytest.raises(ValueError, match="short_epochs < long_epochs"):
         ProbeConfig(short_epochs=10, long_epochs=10)
+    with pytest.raises(ValueError, match=r"probe.seeds has a seed twice: \[1, 2, 1\]"):
+        ProbeConfig(seeds=(1, 2, 1))
     with pytest.raises(ValueError, match=r"probe: unknown key 'epoch'"):
         probe_config("mini", {"probe": {"epoch": 3}, "profiles": {"mini": {}}})
 

@@ -48,6 +48,8 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.shots < 1 or not self.seeds:
             raise ValueError("probe.shots must be >= 1 and probe.seeds non-empty")
+        if len(set(self.seeds)) != len(self.seeds):  # a repeated seed would count as a second draw of its own shots
+            raise ValueError(f"probe.seeds has a seed twice: {list(self.seeds)}")
         if not 2 <= self.short_epochs < self.long_epochs:
             raise ValueError(f"probe: need 2 <= short_epochs < long_epochs, got {self.short_epochs}, {self.long_epochs}")
 
