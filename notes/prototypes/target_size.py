@@ -13,7 +13,7 @@ runs the world probe's protocol on them (16 shots, the suite's augmentation and 
 
 Usage (repo root, venv on PATH):
   python notes/prototypes/target_size.py /tmp/tsize <candidate> 5,6,7,8 > notes/prototypes/target_size_<candidate>_seeds5-8_<date>.txt
-<candidate>: a key of candidates() below: committed, all30 or pairs.
+<candidate>: a key of candidates() below: committed, all30, pairs or mixed.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def candidates(spec) -> dict[str, dict[str, dict]]:
                                              ("glyphs_patterns", (glyphs, patterns), "stipple"),
                                              ("shapes_letters", (shapes, letters), "blueprint"),
                                              ("shapes_letters", (shapes, letters), "stipple"))},
+        # six targets of today's label sets, every one mixed half a known and half an unseen rendering
+        "mixed": {f"t_{groups}_{r}": {"concepts": list(members), "styles": renderings[r]}
+                  for groups, members in (("shapes", shapes), ("glyphs", glyphs), ("patterns", patterns))
+                  for r in ("sketch_blueprint", "photo_stipple")},
     }
 
 
