@@ -11,7 +11,7 @@ protocol (16 shots, seeds 1-2, CoOp's recipe, CoCoOp's crops as ``suite.augment`
 * CoOp: 4 context vectors from "a photo of a" inserted after [CLS] in the BERT input (``inputs_embeds``),
   so at step 0 the prompt is exactly "a photo of a {class}." (zero-shot uses the dataset's template).
 
-Run: python notes/prototypes/minilm_text_tower.py OUT_DIR [--steps 1200] [--datasets ...]
+Run: python notes/prototypes/minilm_text_tower.py OUT_DIR [--steps 1200] [--datasets ...] [--seeds 5 6 7 8] [--translate]
 Writes OUT_DIR/minilm_probe.json (the world probe's keys and bars) and the per-unit CSV.
 """
 
@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=None)
     ap.add_argument("--long", type=int, default=50)
     ap.add_argument("--lr", type=float, default=0.002, help="CoOp's learning rate (the recipe's: 0.002)")
+    ap.add_argument("--translate", action="store_true",
+                    help="scale --lr by 100 / the learned logit scale, as suite.lr_translation: temperature does")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
@@ -187,6 +189,9 @@ def main() -> None:
     bb = Backbone(model=model, tokenizer=None, image_size=32, mean=CLIP_MEAN, std=CLIP_STD,
                   identity=f"minilm-proto-{time.time()}", arch="tiny-clip-conv+minilm")
     scale = float(model.logit_scale.exp())
+    if a.translate:
+        a.lr *= 100.0 / scale
+        print(f"logit scale {scale:.3f}: CoOp lr {a.lr:.5f}", flush=True)
     ctx0 = text.ctx_init("a photo of a")
     rows = []
     datasets = a.datasets or list(profile.datasets)
@@ -221,6 +226,8 @@ def main() -> None:
     result = {**avg, "bars": bars(avg), "per_dataset": per.to_dict(orient="index"), "pretrain": info,
               "coop_step_s": float(units["coop_step_s"].mean()), "augment": policy, "datasets": datasets}
     result["lr"] = a.lr
+    result["logit_scale"] = scale
+    result["seeds"] = a.seeds or list(pcfg.seeds)
     (a.out / f"minilm_probe_lr{a.lr:g}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "per_dataset"}, indent=1))
 
