@@ -240,5 +240,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
 
 
 __all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "OVERLAP_BAR", "PROBE_KEYS", "SHOT_OVERLAP_MAX",
-           "ProbeConfig", "bar_intervals", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "stratified_interval",
-           "summarise"]
+           "ProbeConfig", "bar_intervals", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit",
+           "run_probe", "shot_overlap", "stratified_interval", "summarise"]
