@@ -19,10 +19,7 @@ Usage (repo root, venv on PATH):
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
-import os
-import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -31,21 +28,16 @@ import torch
 
 from gramlib.config import get_profile, load_params
 from gramlib.experiments.world_probe import probe_config, run_probe
-from gramlib.io import read_json, write_json
-from gramlib.world.build import world_spec, write_coop_datasets
-from gramlib.world.render import RenderOptions
-from gramlib.world.spec import DatasetSpec
+from gramlib.world.build import world_spec
+from unseen_styles import scratch_world  # the same scratch world, with controls and classes of our own
 
 KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
         "coop50_train", "probe_base")
 
 
-def _interleave(*groups):
+def _union(*groups):
     """The union of label groups, each concept once (the labels follow the sorted names)."""
-    out = []
-    for row in itertools.zip_longest(*groups):
-        out.extend(c for c in row if c is not None and c not in out)
-    return out
+    return list(dict.fromkeys(itertools.chain(*groups)))
 
 
 def candidates(spec) -> dict[str, dict[str, dict]]:
@@ -53,7 +45,7 @@ def candidates(spec) -> dict[str, dict[str, dict]]:
     shapes, glyphs, patterns = (list(d[n].concepts) for n in
                                 ("mini_shapes_sketch_blueprint", "mini_glyphs_blueprint", "mini_patterns_blueprint"))
     letters = [c for c in glyphs if c.startswith("letter_")]
-    every = _interleave(shapes, letters, patterns)  # 9 shapes + 5 symbols, 6 letters, 10 patterns: 30
+    every = _union(shapes, letters, patterns)  # 9 shapes + 5 symbols, 6 letters, 10 patterns: 30
     renderings = {"sketch_blueprint": {"sketch": 0.5, "blueprint": 0.5},
                   "photo_stipple": {"photo": 0.5, "stipple": 0.5},
                   "blueprint": {"blueprint": 1.0}, "stipple": {"stipple": 1.0}}
@@ -64,7 +56,7 @@ def candidates(spec) -> dict[str, dict[str, dict]]:
         # four targets, each every one of the 30 target concepts, in each of the four renderings of today
         "all30": {f"t30_{r}": {"concepts": every, "styles": s} for r, s in renderings.items()},
         # six targets of 20-24 classes: each of today's six with a second group of classes added
-        "pairs": {f"t_{groups}_{r}": {"concepts": _interleave(*members), "styles": renderings[r]}
+        "pairs": {f"t_{groups}_{r}": {"concepts": _union(*members), "styles": renderings[r]}
                   for groups, members, r in (("shapes_patterns", (shapes, patterns), "sketch_blueprint"),
                                              ("shapes_patterns", (shapes, patterns), "photo_stipple"),
                                              ("glyphs_patterns", (glyphs, patterns), "blueprint"),
@@ -78,33 +70,14 @@ def candidates(spec) -> dict[str, dict[str, dict]]:
     }
 
 
-def scratch_world(scratch: Path, name: str):
-    mini = get_profile("mini")
-    spec = world_spec(mini.world)
-    variants = candidates(spec)[name]
-    split = dict(spec.datasets["mini_patterns_blueprint"].split)
-    extra = {n: DatasetSpec(n, "target", tuple(v["concepts"]), v["styles"], RenderOptions.from_spec(None),
-                            "a photo of a {}.", split) for n, v in variants.items()}
-    spec = dataclasses.replace(spec, datasets={"mini_imagenet": spec.datasets["mini_imagenet"], **extra})
-    root = scratch / name
-    profile = dataclasses.replace(mini, data_root=str(root / "data"), artifacts_root=str(root / "artifacts"),
-                                  datasets=("mini_imagenet", *extra), variants=())
-    coop = profile.root / profile.coop_dir
-    manifest = profile.root / "world.json"
-    if not manifest.exists():
-        shutil.rmtree(coop, ignore_errors=True)
-        summary = write_coop_datasets(spec, mini.world, coop)
-        write_json(manifest, {"datasets": summary, "variants": variants})
-    backbone = profile.artifacts / "backbone"
-    if not backbone.exists():
-        backbone.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink((mini.artifacts / "backbone").resolve(), backbone)
-    return profile, root
-
-
 def main(scratch: str, name: str, seeds: str = "5,6,7,8") -> None:
     torch.set_num_threads(2)
-    profile, root = scratch_world(Path(scratch), name)
+    mini = get_profile("mini")
+    spec = world_spec(mini.world)
+    split = dict(spec.datasets["mini_patterns_blueprint"].split)  # every target's: 96 / 6 / 50 per class
+    variants = {n: {**v, "split": split} for n, v in candidates(spec)[name].items()}
+    root = Path(scratch) / name
+    profile = scratch_world(root, variants, controls=("mini_imagenet",))
     params = copy.deepcopy(load_params())
     params["probe"]["seeds"] = [int(x) for x in seeds.split(",")]
     out = run_probe(profile, probe_config("mini", params), root / "probe.json", params=params)

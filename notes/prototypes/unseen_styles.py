@@ -41,18 +41,27 @@ KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop5
         "coop50_train", "probe_base")
 
 
-def scratch_world(scratch: Path, variants: dict | None = None):
-    """The controls and one target with the second control's classes per unseen style (or ``variants``), in CoOp's layout."""
+def scratch_world(scratch: Path, variants: dict | None = None, controls: tuple[str, ...] = CONTROLS):
+    """The controls and one target with the second control's classes per unseen style (or ``variants``), in CoOp's layout.
+
+    A variant takes its classes and split from ``classes_of`` (a dataset of the spec), or from its own
+    ``concepts`` and ``split``."""
     mini = get_profile("mini")
     spec = world_spec(mini.world)
     if variants is None:
         variants = {f"probe_{s}": {"classes_of": CONTROLS[1], "styles": {s: 1.0}} for s in UNSEEN_STYLES}
-    extra = {name: DatasetSpec(name, "target", spec.datasets[v["classes_of"]].concepts, v["styles"],
-                               RenderOptions.from_spec(v.get("render")), v.get("template", "a photo of a {}."),
-                               dict(spec.datasets[v["classes_of"]].split)) for name, v in variants.items()}
-    spec = dataclasses.replace(spec, datasets={**{c: spec.datasets[c] for c in CONTROLS}, **extra})
+
+    def dataset(name: str, v: dict) -> DatasetSpec:
+        like = spec.datasets.get(v.get("classes_of", ""))
+        concepts = tuple(v["concepts"]) if "concepts" in v else like.concepts
+        split = dict(v["split"]) if "split" in v else dict(like.split)
+        return DatasetSpec(name, "target", concepts, v["styles"], RenderOptions.from_spec(v.get("render")),
+                           v.get("template", "a photo of a {}."), split)
+
+    extra = {name: dataset(name, v) for name, v in variants.items()}
+    spec = dataclasses.replace(spec, datasets={**{c: spec.datasets[c] for c in controls}, **extra})
     profile = dataclasses.replace(mini, data_root=str(scratch / "data"), artifacts_root=str(scratch / "artifacts"),
-                                  datasets=(*CONTROLS, *extra), variants=())
+                                  datasets=(*controls, *extra), variants=())
     coop = profile.root / profile.coop_dir
     manifest = profile.root / "world.json"
     if not manifest.exists() or read_json(manifest).get("variants") != variants:  # another variant list: rewrite
