@@ -13,7 +13,10 @@ runs the world probe's protocol on them (16 shots, the suite's augmentation and 
 
 Usage (repo root, venv on PATH):
   python notes/prototypes/target_size.py /tmp/tsize <candidate> 5,6,7,8 > notes/prototypes/target_size_<candidate>_seeds5-8_<date>.txt
-<candidate>: a key of candidates() below: committed, all30, pairs or mixed.
+<candidate>: a key of candidates() below: committed, all30, pairs or mixed; `<key>_test<N>` gives that candidate
+N test images per class instead of 50 (images are pure functions of (world seed, dataset, label, split, index), so
+the training pools and the first 50 test images stay those of the key: the shots are the same draw, only the
+test set the decay is measured on grows).
 """
 
 from __future__ import annotations
@@ -75,7 +78,10 @@ def main(scratch: str, name: str, seeds: str = "5,6,7,8") -> None:
     mini = get_profile("mini")
     spec = world_spec(mini.world)
     split = dict(spec.datasets["mini_patterns_blueprint"].split)  # every target's: 96 / 6 / 50 per class
-    variants = {n: {**v, "split": split} for n, v in candidates(spec)[name].items()}
+    key, _, n_test = name.partition("_test")
+    if n_test:
+        split["test"] = int(n_test)
+    variants = {n: {**v, "split": split} for n, v in candidates(spec)[key].items()}
     root = Path(scratch) / name
     profile = scratch_world(root, variants, controls=("mini_imagenet",))
     params = copy.deepcopy(load_params())
