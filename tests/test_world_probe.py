@@ -7,8 +7,10 @@ import math
 import pandas as pd
 import pytest
 
-from gramlib.experiments.world_probe import (PROBE_KEYS, ProbeConfig, bar_intervals, bars, bars_per_seed, probe_config,
-                                             run_probe, shot_overlap, stratified_interval, summarise)
+from gramlib.data.coop import Datum
+from gramlib.experiments.world_probe import (FOLD_KEYS, PROBE_KEYS, TEST_FOLDS, ProbeConfig, bar_intervals, bars,
+                                             bars_per_seed, image_draw_variance, probe_config, run_probe, shot_overlap,
+                                             stratified_folds, stratified_interval, summarise)
 from gramlib.stats import mean_interval
 
 
@@ -97,6 +99,57 @@ def test_bar_intervals_count_the_seed_spread_within_each_dataset():
     assert "shot_overlap_le_0.25" not in ci  # a count of shared files, not a sample
 
 
+def test_folds_split_each_class_evenly_and_keep_every_image_once():
+    # class 0 has 7 images, class 1 has 3, interleaved: class 0's i-th image goes to fold i mod 3
+    data = [Datum(f"/x/{lab}_{i}.jpg", lab, f"c{lab}") for i in range(7) for lab in (0, 1) if lab == 0 or i < 3]
+    folds = stratified_folds(data, 3)
+    names = [[str(d.impath).rsplit("/", 1)[1] for d in f] for f in folds]
+    assert names == [["0_0.jpg", "1_0.jpg", "0_3.jpg", "0_6.jpg"], ["0_1.jpg", "1_1.jpg", "0_4.jpg"],
+                     ["0_2.jpg", "1_2.jpg", "0_5.jpg"]]
+
+
+def test_stratified_interval_adds_a_second_error_per_stratum():
+    # strata A = [1, 3], B = [5, 7]: each mean's seed variance 1 (1 df); a test-draw variance of 1 (1 df) each:
+    # se = sqrt(1 + 1 + 1 + 1) / 2 = 1, df = 4^2 / (1 + 1 + 1 + 1) = 4, t(0.975, 4) = 2.776445 (tables)
+    m, lo, hi = stratified_interval([1.0, 3.0, 5.0, 7.0], ["A", "A", "B", "B"], extra={"A": (1.0, 1.0), "B": (1.0, 1.0)})
+    assert (m, lo, hi) == (pytest.approx(4.0), pytest.approx(4.0 - 2.776445, abs=1e-5), pytest.approx(4.0 + 2.776445, abs=1e-5))
+    # strata that agree within themselves still carry the test draw: here 2 x 0.5 (8 df each) -> se sqrt(1) / 2,
+    # df = 1 / (2 * 0.25 / 8) = 16, t(0.975, 16) = 2.119905 (tables)
+    _, lo, hi = stratified_interval([1.0, 1.0, 9.0, 9.0], ["A", "A", "B", "B"], extra={"A": (0.5, 8.0), "B": (0.5, 8.0)})
+    assert (lo, hi) == (pytest.approx(5.0 - 0.5 * 2.119905, abs=1e-5), pytest.approx(5.0 + 0.5 * 2.119905, abs=1e-5))
+
+
+def _fold_units(fold_diffs: dict[int, list[float]]) -> pd.DataFrame:
+    """One dataset, seeds 1 and 2, every key 50 except coop10_base (a base gain per fold and seed)."""
+    rows = []
+    for seed, diffs in fold_diffs.items():
+        row = {"dataset": "d0", "seed": seed, **{k: 50.0 for k in PROBE_KEYS if k != "shot_overlap"}}
+        row.update({f"{k}_fold{i}": 50.0 for k in FOLD_KEYS for i in range(TEST_FOLDS)})
+        row.update({f"coop10_base_fold{i}": 50.0 + g for i, g in enumerate(diffs)})
+        row["coop10_base"] = 50.0 + sum(diffs) / len(diffs)  # equal folds: the full set's is their mean
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_image_draw_variance_is_the_spread_of_the_seed_averaged_folds():
+    assert TEST_FOLDS == 5
+    # seed-averaged base gain per fold: (0 + 0) / 2, (0 + 2) / 2, ... = [0, 1, 2, 3, 4]: variance 2.5 (ddof 1),
+    # so the full set's mean has 2.5 / 5 = 0.5, with 4 df
+    units = _fold_units({1: [0.0, 0.0, 2.0, 2.0, 4.0], 2: [0.0, 2.0, 2.0, 4.0, 4.0]})
+    assert image_draw_variance(units, "coop10_base", "zs_base") == {"d0": (pytest.approx(0.5), 4.0)}
+    ci = bar_intervals(units)["coop10_base_gain_ge_5"]
+    # seeds: gains 1.6 and 2.4 -> seed variance of the mean 0.32 / 2 = 0.16 (1 df); test draw 0.5 (4 df):
+    # se = sqrt(0.66) = 0.812404, df = 0.66^2 / (0.16^2 / 1 + 0.5^2 / 4) = 0.4356 / 0.0881 = 4.944381
+    assert ci["se_seeds"] == pytest.approx(0.4) and ci["se_test_draw"] == pytest.approx(math.sqrt(0.5))
+    from scipy import stats
+    h = stats.t.ppf(0.975, 0.4356 / 0.0881) * math.sqrt(0.66)
+    assert (ci["ci_low"], ci["ci_high"]) == (pytest.approx(2.0 - h), pytest.approx(2.0 + h))
+    assert ci["test_folds"] == 5 and ci["verdict"] == "missed"  # 2.0 +- 2.09: wholly below 5
+    # units without fold scores (an older probe): the seeds' interval alone, and no test-draw error
+    plain = bar_intervals(units[[c for c in units if "_fold" not in c]])["coop10_base_gain_ge_5"]
+    assert plain["test_folds"] == 0 and math.isnan(plain["se_test_draw"]) and plain["ci_high"] - plain["ci_low"] > 0
+
+
 def test_probe_config_is_strict():
     assert probe_config("mini") == ProbeConfig()
     with pytest.raises(ValueError, match="short_epochs < long_epochs"):
@@ -120,6 +173,12 @@ def test_probe_on_the_smoke_world(smoke, tmp_path):
         b = res["bars"][name]
         assert b["n_seeds"] == 2 and b["ci_low"] <= b["value"] <= b["ci_high"], name
     assert [(u["dataset"], u["seed"]) for u in res["units"]] == [("mini_glyphs_blueprint", s) for s in (1, 2)]
+    for u in res["units"]:  # every fold scored; equal folds (smoke: 25 test images a class, 5 in each fold)
+        for k in FOLD_KEYS:
+            folds = [u[f"{k}_fold{i}"] for i in range(TEST_FOLDS)]
+            assert sum(folds) / TEST_FOLDS == pytest.approx(u[k], abs=1e-6), k
+    for name in ("coop10_base_gain_ge_5", "coop10_new_le_zs_new", "coop50_new_drop_ge_2"):
+        assert res["bars"][name]["test_folds"] == TEST_FOLDS and res["bars"][name]["se_test_draw"] >= 0.0
     assert set(res["bars_per_seed"]) == set(res["bars"]) and all(set(v) == {"1", "2"} for v in res["bars_per_seed"].values())
     per = pd.read_csv(tmp_path / "world_probe.csv")
     assert list(per["dataset"]) == ["mini_glyphs_blueprint"] and per.loc[0, "zs_base"] == pytest.approx(res["zs_base"], abs=1e-3)

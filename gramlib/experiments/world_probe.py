@@ -10,8 +10,9 @@ the seeds train on the same images).  It is the tool to design a world with: ``g
 minutes on 2 cores for the mini profile, and a DVC stage writing ``reports/world_probe.json``.
 
 The JSON's top-level accuracies average the datasets of the seed-averaged per-dataset values; ``bars``
-compares them with issue 14's thresholds, each with its interval over data seeds (datasets fixed) and a
-verdict (met, missed, or not resolved at this size); ``bars_per_seed`` gives each seed's value and
+compares them with issue 14's thresholds, each with its interval (datasets fixed; the draw of data seeds and
+the draw of test images both counted) and a verdict (met, missed, or not resolved at this size);
+``bars_per_seed`` gives each seed's value and
 ``units`` each (dataset, seed)'s measurements, so that a reader can recompute both.  ``coop10_*`` and
 ``coop50_*`` are the short and the long run (``short_epochs``/``long_epochs``: 10 and 50 except in the
 smoke profile, which shrinks them).
@@ -32,6 +33,14 @@ from gramlib.config import Profile, load_params, section_layers, typed
 
 PROBE_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
               "coop50_train", "probe_train", "probe_base", "shot_overlap")
+# Every test split is also scored on TEST_FOLDS class-stratified folds (image i of a class in fold i mod
+# TEST_FOLDS): the spread of a bar across folds measures how far another draw of test images would move it,
+# which the spread across data seeds (the test set held fixed) cannot. Measured on the mini world
+# (notes/prototypes/test_draw.py, 2026-12-06): at 50 test images per class the base gain's test-draw error
+# (sd 1.0-1.3 points) is larger than its seed error at 2 seeds. Five folds: 10 images per class in each on mini.
+TEST_FOLDS = 5
+# the keys scored per fold (``<key>_fold<k>`` in ``units``): the accuracies the CoOp bars are differences of
+FOLD_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop50_new")
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,36 @@ def shot_overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
+def stratified_folds(data: list, k: int = TEST_FOLDS) -> list[list]:
+    """``k`` class-stratified folds of a test split: a class's i-th image (in the split's order) goes to fold
+    i mod k, so each fold is a smaller draw of the same test distribution, with every class in it."""
+    folds: list[list] = [[] for _ in range(k)]
+    seen: dict[int, int] = {}
+    for d in data:
+        i = seen.get(d.label, 0)
+        seen[d.label] = i + 1
+        folds[i % k].append(d)
+    return folds
+
+
+def with_folds(targets: list) -> list:
+    """The base and new targets, and each of their :func:`stratified_folds` as a target ``<split>_fold<k>``."""
+    from gramlib.experiments.protocols import Target
+
+    out = list(targets)
+    for t in targets:
+        if t.split in ("base", "new"):
+            out += [Target(t.dataset, f"{t.split}_fold{k}", fold, t.classnames)
+                    for k, fold in enumerate(stratified_folds(t.data))]
+    return out
+
+
 def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train: dict[str, Any],
               policy: str = "none", lr_translation: str = "none") -> dict[str, float]:
     from gramlib.experiments.protocols import run_unit, unit_data
 
     train_set, targets = unit_data(env, "base2new", dataset, shots, seed, train_split=True)
+    targets = with_folds(targets)
     rows = run_unit(env, "base2new", "CoOp", seed, shots, train_set, targets, learner_name="coop",
                     train={**train, "epochs": epochs, "eval_every": epochs}, policy=policy,
                     lr_translation=lr_translation)
@@ -85,15 +119,19 @@ def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: 
 
     t0 = time.perf_counter()
     _, targets = unit_data(env, "base2new", dataset, cfg.shots, seed)
-    zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None, targets,
-                                                        learner_name="zeroshot")}
+    zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None,
+                                                        with_folds(targets), learner_name="zeroshot")}
     short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train, policy, lr_translation)
     long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy, lr_translation)
     lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
+    runs = {"zs": zs, "coop10": short, "coop50": long}
+    folds = {f"{key}_fold{k}": runs[key.split("_")[0]][f"{key.split('_')[1]}_fold{k}"]
+             for key in FOLD_KEYS for k in range(TEST_FOLDS)}
     return {"dataset": dataset, "seed": seed, "zs_base": zs["base"], "zs_new": zs["new"],
             "coop10_base": short["base"], "coop10_new": short["new"], "coop10_train": short["train"],
             "coop50_base": long["base"], "coop50_new": long["new"], "coop50_train": long["train"],
-            "probe_train": lp.train_accuracy, "probe_base": lp.test_accuracy, "seconds": time.perf_counter() - t0}
+            "probe_train": lp.train_accuracy, "probe_base": lp.test_accuracy, **folds,
+            "seconds": time.perf_counter() - t0}
 
 
 def dataset_overlaps(env: Any, dataset: str, cfg: ProbeConfig) -> float:
@@ -144,49 +182,86 @@ def bars(avg: dict[str, float]) -> dict[str, dict[str, Any]]:
             for k, v in checks.items()}
 
 
-def stratified_interval(values: Any, strata: Any, level: float = 0.95) -> tuple[float, float, float]:
+def stratified_interval(values: Any, strata: Any, level: float = 0.95,
+                        extra: dict[Any, tuple[float, float]] | None = None) -> tuple[float, float, float]:
     """(mean, low, high): the t-interval of the mean over fixed strata of each stratum's mean.
 
     For a quantity of *this* world: its datasets are fixed, not drawn, so their differences are no noise;
     only the spread within each dataset, across data seeds, is. The standard error is
     sqrt(sum_d s_d^2 / n_d) / D, with Welch-Satterthwaite degrees of freedom; NaN bounds where a stratum has
-    fewer than two values. (Here rather than in gramlib.stats, which is part of the meta-training runs'
-    code fingerprint: an edit there retrains every run.)"""
+    fewer than two values. ``extra`` adds, per stratum, a second independent error of its mean as
+    (variance, degrees of freedom): the draw of test images (:func:`image_draw_variance`). (Here rather than
+    in gramlib.stats, which is part of the meta-training runs' code fingerprint: an edit there retrains
+    every run.)"""
     import numpy as np
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
     g = np.asarray(strata)
-    groups = [x[g == lab] for lab in dict.fromkeys(g.tolist())]
+    labels = list(dict.fromkeys(g.tolist()))
+    groups = [x[g == lab] for lab in labels]
     m = float(np.mean([grp.mean() for grp in groups])) if groups else float("nan")
     if not groups or min(grp.size for grp in groups) < 2:
         return m, float("nan"), float("nan")
     n = np.array([grp.size for grp in groups])
     v = np.array([grp.var(ddof=1) for grp in groups]) / n  # the variance of each stratum's mean
-    if v.sum() == 0.0:
+    e = np.array([extra[lab][0] for lab in labels]) if extra else np.zeros_like(v)
+    e_dof = np.array([extra[lab][1] for lab in labels]) if extra else np.ones_like(v)
+    total = float(v.sum() + e.sum())
+    if total == 0.0:
         return m, m, m
-    dof = v.sum() ** 2 / float(np.sum(v ** 2 / (n - 1)))
-    h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(v.sum())) / len(groups)
+    dof = total ** 2 / float(np.sum(v ** 2 / (n - 1)) + np.sum(e ** 2 / e_dof))
+    h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(total)) / len(groups)
     return m, m - h, m + h
+
+
+def image_draw_variance(units: pd.DataFrame, a: str, b: str) -> dict[str, tuple[float, float]]:
+    """Per dataset, the test-draw variance of its seed-averaged ``a - b`` and its degrees of freedom.
+
+    Fold k of every seed is scored on the same images, so the seed-averaged difference on fold k, D_k, is
+    one draw of a test set TEST_FOLDS times smaller; the full set's value is their mean (equal folds), whose
+    variance over draws of test images is var_k(D_k) / K, with K - 1 degrees of freedom. It overlaps the seed
+    spread a little (each seed's test-draw noise is in both): the sum errs on the wide side."""
+    cols = [(f"{a}_fold{k}", f"{b}_fold{k}") for k in range(TEST_FOLDS)]
+    out = {}
+    for d, grp in units.groupby("dataset", sort=False):
+        folds = pd.Series([float((grp[ca] - grp[cb]).mean()) for ca, cb in cols])
+        out[d] = (float(folds.var(ddof=1)) / TEST_FOLDS, float(TEST_FOLDS - 1))
+    return out
 
 
 def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[str, Any]]:
     """Each CoOp bar's 95 % interval, and whether the whole interval clears its threshold ("met"), misses
     it ("missed") or holds it (not resolved at this size).
 
-    The bars ask about *this* world: its datasets are fixed, so the interval counts only the spread across
-    data seeds within each dataset (:func:`stratified_interval`), not the datasets' differences
-    (the tables' (dataset, seed) units generalise over datasets instead). A 2-seed mean can sit on either side
-    of a threshold by chance (the decay bar, 2026-12-05: 0.9 at seeds 1-2, 3.2 at seeds 5-8): the interval
-    says whether the probe can tell. The overlap bar has none: it counts shared files, it samples nothing."""
+    The bars ask about *this* world: its datasets are fixed, so the interval counts the spread across data
+    seeds within each dataset (:func:`stratified_interval`), not the datasets' differences (the tables'
+    (dataset, seed) units generalise over datasets instead), and, where ``units`` has the fold scores, the draw
+    of the test images (:func:`image_draw_variance`). A 2-seed mean can sit on either side of a threshold by
+    chance (the decay bar, 2026-12-05: 0.9 at seeds 1-2, 3.2 at seeds 5-8), and a 50-per-class test set can
+    move a bar by a point (the base gain at seeds 1-2: 7.27 on the committed test images, 5.63 on 200 per
+    class): the interval says whether the probe can tell. ``se_seeds`` and ``se_test_draw`` are the two
+    standard errors of the dataset average. The overlap bar has none: it counts shared files, it samples
+    nothing."""
+    import numpy as np
+
     from gramlib.stats import UNRESOLVED
 
+    n_ds = units["dataset"].nunique()
     out: dict[str, dict[str, Any]] = {}
     for name, (a, b) in BAR_DIFFERENCES.items():
-        _, lo, hi = stratified_interval(units[a] - units[b], units["dataset"], level)
+        diff = units[a] - units[b]
+        folds = all(f"{k}_fold{i}" in units for k in (a, b) for i in range(TEST_FOLDS))
+        extra = image_draw_variance(units, a, b) if folds else None
+        _, lo, hi = stratified_interval(diff, units["dataset"], level, extra=extra)
         thr = BAR_THRESHOLDS[name]
         verdict = "met" if lo >= thr else "missed" if hi < thr else UNRESOLVED
-        out[name] = {"ci_low": lo, "ci_high": hi, "n_seeds": int(units["seed"].nunique()), "verdict": verdict}
+        seed_var = diff.groupby(units["dataset"], sort=False).agg(lambda x: x.var(ddof=1) / x.size)
+        out[name] = {"ci_low": lo, "ci_high": hi, "n_seeds": int(units["seed"].nunique()), "verdict": verdict,
+                     "se_seeds": float(np.sqrt(seed_var.sum())) / n_ds,
+                     "se_test_draw": (float(np.sqrt(sum(v for v, _ in extra.values()))) / n_ds if extra
+                                      else float("nan")),
+                     "test_folds": TEST_FOLDS if extra else 0}
     return out
 
 
@@ -239,6 +314,7 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
     return result
 
 
-__all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "OVERLAP_BAR", "PROBE_KEYS", "SHOT_OVERLAP_MAX",
-           "ProbeConfig", "bar_intervals", "bars", "bars_per_seed", "dataset_overlaps", "probe_config", "probe_unit",
-           "run_probe", "shot_overlap", "stratified_interval", "summarise"]
+__all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "FOLD_KEYS", "OVERLAP_BAR", "PROBE_KEYS",
+           "SHOT_OVERLAP_MAX", "TEST_FOLDS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
+           "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "stratified_interval",
+           "stratified_folds", "summarise", "image_draw_variance", "with_folds"]
