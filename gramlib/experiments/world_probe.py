@@ -35,9 +35,10 @@ PROBE_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", 
               "coop50_train", "probe_train", "probe_base", "shot_overlap")
 # Every test split is also scored on TEST_FOLDS class-stratified folds (image i of a class in fold i mod
 # TEST_FOLDS): the spread of a bar across folds measures how far another draw of test images would move it,
-# which the spread across data seeds (the test set held fixed) cannot. Measured on the mini world
-# (notes/prototypes/test_draw.py, 2026-12-06): at 50 test images per class the base gain's test-draw error
-# (sd 1.0-1.3 points) is larger than its seed error at 2 seeds. Five folds: 10 images per class in each on mini.
+# which the spread across data seeds (the test set held fixed) cannot. Measured on the mini world with four
+# independent 50-per-class test sets (notes/prototypes/test_draw.py, 2026-12-06): at seeds 1-2 the base gain
+# reads 7.27, 5.66, 5.49 and 4.11 on them, a test-draw error about twice its seed error. Five folds: 10 images
+# per class in each on mini.
 TEST_FOLDS = 5
 # the keys scored per fold (``<key>_fold<k>`` in ``units``): the accuracies the CoOp bars are differences of
 FOLD_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop50_new")

@@ -116,6 +116,26 @@ def main(scratch: str, seeds: str = "5,6,7,8,9,10,11,12") -> None:
             qs = [statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo] for s in seed_list)
                   for q in range(QUARTERS)]
             print(f"  {t:32s} {bar:24s} per quarter {[round(v, 1) for v in qs]} sd {statistics.stdev(qs):.2f}")
+    # the probe's own estimate (five folds within one 50-per-class test set, world_probe.image_draw_variance)
+    # against the spread across the four independent test sets, for the targets' average (the source is one
+    # test set for all quarters, so it is left out of both)
+    import pandas as pd
+
+    from gramlib.experiments.world_probe import image_draw_variance
+
+    frame = pd.DataFrame(units)
+    if any("_fold" in c for c in frame):
+        print("the targets' average: test-draw sd of a 50-per-class test set, folds within each quarter vs across quarters")
+        for bar, (hi, lo) in BAR_DIFFERENCES.items():
+            within = []
+            for q in range(QUARTERS):
+                sub = frame[frame["dataset"].isin([f"{t}_q{q}" for t in variants])]
+                within.append(sum(v for v, _ in image_draw_variance(sub, hi, lo).values()) ** 0.5 / len(variants))
+            across = [statistics.stdev([statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo]
+                                                        for s in seed_list) for q in range(QUARTERS)]) for t in variants]
+            pooled = sum(x * x for x in across) ** 0.5 / len(variants)
+            print(f"  {bar}: folds {[round(w, 2) for w in within]} (mean {statistics.mean(within):.2f}); "
+                  f"across quarters, pooled over targets {pooled:.2f}")
     json.dump({"seeds": seed_list, "units": units}, open(Path(scratch) / "units.json", "w"))
 
 
