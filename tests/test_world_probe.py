@@ -108,6 +108,18 @@ def test_folds_split_each_class_evenly_and_keep_every_image_once():
                      ["0_2.jpg", "1_2.jpg", "0_5.jpg"]]
 
 
+def test_splits_too_small_for_folds_get_none():
+    from gramlib.experiments.protocols import Target
+    from gramlib.experiments.world_probe import with_folds
+
+    big = [Datum(f"/x/{lab}_{i}.jpg", lab, f"c{lab}") for lab in (0, 1) for i in range(TEST_FOLDS)]
+    small = big[:-1]  # class 1 one image short of a fold each
+    out = with_folds([Target("d", "base", big, ["c0", "c1"]), Target("d", "new", small, ["c0", "c1"]),
+                      Target("d", "train", big, ["c0", "c1"])])
+    assert [t.split for t in out] == ["base", "new", "train", *[f"base_fold{k}" for k in range(TEST_FOLDS)]]
+    assert all(len(t.data) == 2 for t in out[3:])
+
+
 def test_stratified_interval_adds_a_second_error_per_stratum():
     # strata A = [1, 3], B = [5, 7]: each mean's seed variance 1 (1 df); a test-draw variance of 1 (1 df) each:
     # se = sqrt(1 + 1 + 1 + 1) / 2 = 1, df = 4^2 / (1 + 1 + 1 + 1) = 4, t(0.975, 4) = 2.776445 (tables)
@@ -148,6 +160,10 @@ def test_image_draw_variance_is_the_spread_of_the_seed_averaged_folds():
     # units without fold scores (an older probe): the seeds' interval alone, and no test-draw error
     plain = bar_intervals(units[[c for c in units if "_fold" not in c]])["coop10_base_gain_ge_5"]
     assert plain["test_folds"] == 0 and math.isnan(plain["se_test_draw"]) and plain["ci_high"] - plain["ci_low"] > 0
+    # a dataset without folds (too few test images) among others: the seeds' interval alone, the same
+    units.loc[0, "zs_base_fold3"] = float("nan")
+    mixed = bar_intervals(units)["coop10_base_gain_ge_5"]
+    assert math.isnan(mixed.pop("se_test_draw")) and mixed == {k: v for k, v in plain.items() if k != "se_test_draw"}
 
 
 def test_probe_config_is_strict():

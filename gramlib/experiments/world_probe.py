@@ -89,12 +89,17 @@ def stratified_folds(data: list, k: int = TEST_FOLDS) -> list[list]:
 
 
 def with_folds(targets: list) -> list:
-    """The base and new targets, and each of their :func:`stratified_folds` as a target ``<split>_fold<k>``."""
+    """The targets, and each :func:`stratified_folds` of the base and new ones as a target ``<split>_fold<k>``.
+
+    Only where every class has TEST_FOLDS test images or more (the paper_fixture's stand-ins have 2): a fold
+    without some class is no draw of the same test distribution, so such a split gets no folds, and the bars'
+    intervals fall back to the seeds' spread."""
     from gramlib.experiments.protocols import Target
 
     out = list(targets)
     for t in targets:
-        if t.split in ("base", "new"):
+        counts = pd.Series([d.label for d in t.data]).value_counts()
+        if t.split in ("base", "new") and len(counts) == len(t.classnames) and counts.min() >= TEST_FOLDS:
             out += [Target(t.dataset, f"{t.split}_fold{k}", fold, t.classnames)
                     for k, fold in enumerate(stratified_folds(t.data))]
     return out
@@ -126,8 +131,8 @@ def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: 
     long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy, lr_translation)
     lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
     runs = {"zs": zs, "coop10": short, "coop50": long}
-    folds = {f"{key}_fold{k}": runs[key.split("_")[0]][f"{key.split('_')[1]}_fold{k}"]
-             for key in FOLD_KEYS for k in range(TEST_FOLDS)}
+    folds = {f"{key}_fold{k}": runs[run].get(f"{split}_fold{k}", float("nan"))
+             for key in FOLD_KEYS for run, split in [key.split("_")] for k in range(TEST_FOLDS)}
     return {"dataset": dataset, "seed": seed, "zs_base": zs["base"], "zs_new": zs["new"],
             "coop10_base": short["base"], "coop10_new": short["new"], "coop10_train": short["train"],
             "coop50_base": long["base"], "coop50_new": long["new"], "coop50_train": long["train"],
@@ -252,7 +257,8 @@ def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     for name, (a, b) in BAR_DIFFERENCES.items():
         diff = units[a] - units[b]
-        folds = all(f"{k}_fold{i}" in units for k in (a, b) for i in range(TEST_FOLDS))
+        cols = [f"{k}_fold{i}" for k in (a, b) for i in range(TEST_FOLDS)]
+        folds = all(c in units for c in cols) and bool(units[cols].notna().all().all())
         extra = image_draw_variance(units, a, b) if folds else None
         _, lo, hi = stratified_interval(diff, units["dataset"], level, extra=extra)
         thr = BAR_THRESHOLDS[name]
