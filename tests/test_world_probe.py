@@ -123,11 +123,14 @@ def test_splits_too_small_for_folds_get_none():
 def test_stratified_interval_adds_a_second_error_per_stratum():
     # strata A = [1, 3], B = [5, 7]: each mean's seed variance 1 (1 df); a test-draw variance of 1 (1 df) each:
     # se = sqrt(1 + 1 + 1 + 1) / 2 = 1, df = 4^2 / (1 + 1 + 1 + 1) = 4, t(0.975, 4) = 2.776445 (tables)
-    m, lo, hi = stratified_interval([1.0, 3.0, 5.0, 7.0], ["A", "A", "B", "B"], extra={"A": (1.0, 1.0), "B": (1.0, 1.0)})
-    assert (m, lo, hi) == (pytest.approx(4.0), pytest.approx(4.0 - 2.776445, abs=1e-5), pytest.approx(4.0 + 2.776445, abs=1e-5))
+    m, lo, hi = stratified_interval([1.0, 3.0, 5.0, 7.0], ["A", "A", "B", "B"],
+                                    extra={"A": (1.0, 1.0), "B": (1.0, 1.0)})
+    assert (m, lo, hi) == (pytest.approx(4.0), pytest.approx(4.0 - 2.776445, abs=1e-5),
+                           pytest.approx(4.0 + 2.776445, abs=1e-5))
     # strata that agree within themselves still carry the test draw: here 2 x 0.5 (8 df each) -> se sqrt(1) / 2,
     # df = 1 / (2 * 0.25 / 8) = 16, t(0.975, 16) = 2.119905 (tables)
-    _, lo, hi = stratified_interval([1.0, 1.0, 9.0, 9.0], ["A", "A", "B", "B"], extra={"A": (0.5, 8.0), "B": (0.5, 8.0)})
+    _, lo, hi = stratified_interval([1.0, 1.0, 9.0, 9.0], ["A", "A", "B", "B"],
+                                    extra={"A": (0.5, 8.0), "B": (0.5, 8.0)})
     assert (lo, hi) == (pytest.approx(5.0 - 0.5 * 2.119905, abs=1e-5), pytest.approx(5.0 + 0.5 * 2.119905, abs=1e-5))
 
 
@@ -162,6 +165,8 @@ def test_image_draw_variance_is_the_spread_of_the_seed_averaged_folds():
     assert plain["test_folds"] == 0 and math.isnan(plain["se_test_draw"]) and plain["ci_high"] - plain["ci_low"] > 0
     # a dataset without folds (too few test images) among others: the seeds' interval alone, the same
     units.loc[0, "zs_base_fold3"] = float("nan")
+    one_seed = bar_intervals(units[units["seed"] == 1])["coop10_base_gain_ge_5"]
+    assert math.isnan(one_seed["se_seeds"]) and math.isnan(one_seed["ci_low"])  # no spread to estimate
     mixed = bar_intervals(units)["coop10_base_gain_ge_5"]
     assert math.isnan(mixed.pop("se_test_draw")) and mixed == {k: v for k, v in plain.items() if k != "se_test_draw"}
 

@@ -265,7 +265,7 @@ def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[st
         verdict = "met" if lo >= thr else "missed" if hi < thr else UNRESOLVED
         seed_var = diff.groupby(units["dataset"], sort=False).agg(lambda x: x.var(ddof=1) / x.size)
         out[name] = {"ci_low": lo, "ci_high": hi, "n_seeds": int(units["seed"].nunique()), "verdict": verdict,
-                     "se_seeds": float(np.sqrt(seed_var.sum())) / n_ds,
+                     "se_seeds": float(np.sqrt(seed_var.sum(skipna=False))) / n_ds,  # NaN: a dataset with one seed
                      "se_test_draw": (float(np.sqrt(sum(v for v, _ in extra.values()))) / n_ds if extra
                                       else float("nan")),
                      "test_folds": TEST_FOLDS if extra else 0}
