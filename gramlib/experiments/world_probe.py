@@ -323,5 +323,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
 
 __all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "FOLD_KEYS", "OVERLAP_BAR", "PROBE_KEYS",
            "SHOT_OVERLAP_MAX", "TEST_FOLDS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
-           "dataset_overlaps", "probe_config", "probe_unit", "run_probe", "shot_overlap", "stratified_interval",
-           "stratified_folds", "summarise", "image_draw_variance", "with_folds"]
+           "dataset_overlaps", "image_draw_variance", "probe_config", "probe_unit", "run_probe", "shot_overlap",
+           "stratified_folds", "stratified_interval", "summarise", "with_folds"]
