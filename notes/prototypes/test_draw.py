@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from gramlib.config import get_profile, load_params
-from gramlib.experiments.world_probe import BAR_DIFFERENCES, probe_config, run_probe
+from gramlib.experiments.world_probe import (BAR_DIFFERENCES, bars, bars_per_seed, image_draw_variance, probe_config,
+                                             run_probe, summarise)
 from gramlib.io import read_json, write_json
 from gramlib.world.build import world_spec
 from target_size import candidates
@@ -86,44 +87,35 @@ def main(scratch: str, seeds: str = "5,6,7,8,9,10,11,12") -> None:
             trains = {round(unit(f"{t}_q{q}", s)["coop50_train"], 6) for q in range(QUARTERS)}
             assert len(trains) == 1, f"{t} seed {s}: the quarters trained differently ({trains})"
     print(f"seeds {seeds}; quarters share shots and training (equal train-shot accuracy at every seed)")
-    # each bar as the probe averages it: over seeds, then over datasets (the source once, the targets on quarter q)
-    for bar, (hi, lo) in BAR_DIFFERENCES.items():
-        value = {}
-        for q in range(QUARTERS):
-            per_ds = [statistics.mean(unit("mini_imagenet", s)[hi] - unit("mini_imagenet", s)[lo] for s in seed_list)]
-            per_ds += [statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo] for s in seed_list)
-                       for t in variants]
-            value[q] = statistics.mean(per_ds)
-        all200 = statistics.mean(value.values())
+    # each bar as the probe computes it (summarise, bars, bars_per_seed), on the source and quarter q's targets
+    frame = pd.DataFrame(units)
+    per_q = {q: frame[frame["dataset"].isin(["mini_imagenet", *(f"{t}_q{q}" for t in variants)])]
+             for q in range(QUARTERS)}
+    for bar in BAR_DIFFERENCES:
+        value = {q: bars(summarise(uq, {})[1])[bar]["value"] for q, uq in per_q.items()}
+        by_seed = {q: bars_per_seed(uq, {})[bar] for q, uq in per_q.items()}
         print(f"bar {bar}: per test quarter {[round(v, 2) for v in value.values()]}; sd across quarters "
-              f"{statistics.stdev(value.values()):.2f} (a 50-per-class test set); all 200: {all200:.2f}")
+              f"{statistics.stdev(value.values()):.2f} (a 50-per-class test set); all 200: "
+              f"{statistics.mean(value.values()):.2f}")
         # the same at one seed: how far the test draw moves a single seed's bar value
-        per_seed_sd = []
-        for s in seed_list:
-            vals = [statistics.mean([unit("mini_imagenet", s)[hi] - unit("mini_imagenet", s)[lo]] +
-                                    [unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo] for t in variants])
-                    for q in range(QUARTERS)]
-            per_seed_sd.append(statistics.stdev(vals))
+        per_seed_sd = [statistics.stdev(by_seed[q][str(s)] for q in range(QUARTERS)) for s in seed_list]
         # and across seeds on the committed quarter (q0): the spread the probe's interval is made of
-        seed_vals = [statistics.mean([unit("mini_imagenet", s)[hi] - unit("mini_imagenet", s)[lo]] +
-                                     [unit(f"{t}_q0", s)[hi] - unit(f"{t}_q0", s)[lo] for t in variants])
-                     for s in seed_list]
+        seed_vals = [by_seed[0][str(s)] for s in seed_list]
         print(f"    one seed: sd across quarters {statistics.mean(per_seed_sd):.2f} (mean over seeds); "
               f"across seeds on quarter 0 {statistics.stdev(seed_vals):.2f}; per seed on quarter 0 "
               f"{[round(v, 2) for v in seed_vals]}")
+    def quarter_values(t: str, hi: str, lo: str) -> list[float]:
+        """Target t's seed-averaged hi - lo on each quarter's test images."""
+        return [statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo] for s in seed_list)
+                for q in range(QUARTERS)]
+
     for t in variants:
         for bar, (hi, lo) in BAR_DIFFERENCES.items():
-            qs = [statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo] for s in seed_list)
-                  for q in range(QUARTERS)]
+            qs = quarter_values(t, hi, lo)
             print(f"  {t:32s} {bar:24s} per quarter {[round(v, 1) for v in qs]} sd {statistics.stdev(qs):.2f}")
     # the probe's own estimate (five folds within one 50-per-class test set, world_probe.image_draw_variance)
     # against the spread across the four independent test sets, for the targets' average (the source is one
     # test set for all quarters, so it is left out of both)
-    import pandas as pd
-
-    from gramlib.experiments.world_probe import image_draw_variance
-
-    frame = pd.DataFrame(units)
     if any("_fold" in c for c in frame):
         print("the targets' average: test-draw sd of a 50-per-class test set, folds within each quarter vs across quarters")
         for bar, (hi, lo) in BAR_DIFFERENCES.items():
@@ -131,12 +123,11 @@ def main(scratch: str, seeds: str = "5,6,7,8,9,10,11,12") -> None:
             for q in range(QUARTERS):
                 sub = frame[frame["dataset"].isin([f"{t}_q{q}" for t in variants])]
                 within.append(sum(v for v, _ in image_draw_variance(sub, hi, lo).values()) ** 0.5 / len(variants))
-            across = [statistics.stdev([statistics.mean(unit(f"{t}_q{q}", s)[hi] - unit(f"{t}_q{q}", s)[lo]
-                                                        for s in seed_list) for q in range(QUARTERS)]) for t in variants]
+            across = [statistics.stdev(quarter_values(t, hi, lo)) for t in variants]
             pooled = sum(x * x for x in across) ** 0.5 / len(variants)
             print(f"  {bar}: folds {[round(w, 2) for w in within]} (mean {statistics.mean(within):.2f}); "
                   f"across quarters, pooled over targets {pooled:.2f}")
-    json.dump({"seeds": seed_list, "units": units}, open(Path(scratch) / "units.json", "w"))
+    write_json(Path(scratch) / "units.json", {"seeds": seed_list, "units": units})
 
 
 if __name__ == "__main__":
