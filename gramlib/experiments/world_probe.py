@@ -205,20 +205,32 @@ def stratified_interval(values: Any, strata: Any, level: float = 0.95,
     x = np.asarray(values, dtype=float)
     g = np.asarray(strata)
     labels = list(dict.fromkeys(g.tolist()))
-    groups = [x[g == lab] for lab in labels]
-    m = float(np.mean([grp.mean() for grp in groups])) if groups else float("nan")
-    if not groups or min(grp.size for grp in groups) < 2:
+    m = float(np.mean([x[g == lab].mean() for lab in labels])) if labels else float("nan")
+    parts = [seed_variances(values, strata), *([extra] if extra else [])]  # (variance of the mean, df) per stratum
+    var = np.array([[part[lab][0] for lab in labels] for part in parts])
+    dfs = np.array([[part[lab][1] for lab in labels] for part in parts])
+    if not labels or np.isnan(var).any():
         return m, float("nan"), float("nan")
-    n = np.array([grp.size for grp in groups])
-    v = np.array([grp.var(ddof=1) for grp in groups]) / n  # the variance of each stratum's mean
-    e = np.array([extra[lab][0] for lab in labels]) if extra else np.zeros_like(v)
-    e_dof = np.array([extra[lab][1] for lab in labels]) if extra else np.ones_like(v)
-    total = float(v.sum() + e.sum())
+    total = float(var.sum())
     if total == 0.0:
         return m, m, m
-    dof = total ** 2 / float(np.sum(v ** 2 / (n - 1)) + np.sum(e ** 2 / e_dof))
-    h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(total)) / len(groups)
+    dof = total ** 2 / float(np.sum(var ** 2 / dfs))
+    h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(total)) / len(labels)
     return m, m - h, m + h
+
+
+def seed_variances(values: Any, strata: Any) -> dict[Any, tuple[float, float]]:
+    """Per stratum, the variance of its mean over its values (data seeds) and its degrees of freedom, n - 1;
+    NaN variance where a stratum has one value (no spread to estimate)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    g = np.asarray(strata)
+    out = {}
+    for lab in dict.fromkeys(g.tolist()):
+        grp = x[g == lab]
+        out[lab] = (float(grp.var(ddof=1)) / grp.size if grp.size > 1 else float("nan"), float(grp.size - 1))
+    return out
 
 
 def image_draw_variance(units: pd.DataFrame, a: str, b: str) -> dict[str, tuple[float, float]]:
@@ -263,9 +275,9 @@ def bar_intervals(units: pd.DataFrame, level: float = 0.95) -> dict[str, dict[st
         _, lo, hi = stratified_interval(diff, units["dataset"], level, extra=extra)
         thr = BAR_THRESHOLDS[name]
         verdict = "met" if lo >= thr else "missed" if hi < thr else UNRESOLVED
-        seed_var = diff.groupby(units["dataset"], sort=False).agg(lambda x: x.var(ddof=1) / x.size)
         out[name] = {"ci_low": lo, "ci_high": hi, "n_seeds": int(units["seed"].nunique()), "verdict": verdict,
-                     "se_seeds": float(np.sqrt(seed_var.sum(skipna=False))) / n_ds,  # NaN: a dataset with one seed
+                     "se_seeds": float(np.sqrt(sum(v for v, _ in seed_variances(diff, units["dataset"]).values())))
+                     / n_ds,  # NaN where a dataset has one seed
                      "se_test_draw": (float(np.sqrt(sum(v for v, _ in extra.values()))) / n_ds if extra
                                       else float("nan")),
                      "test_folds": TEST_FOLDS if extra else 0}
@@ -323,5 +335,5 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
 
 __all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "FOLD_KEYS", "OVERLAP_BAR", "PROBE_KEYS",
            "SHOT_OVERLAP_MAX", "TEST_FOLDS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
-           "dataset_overlaps", "image_draw_variance", "probe_config", "probe_unit", "run_probe", "shot_overlap",
-           "stratified_folds", "stratified_interval", "summarise", "with_folds"]
+           "dataset_overlaps", "image_draw_variance", "probe_config", "probe_unit", "run_probe", "seed_variances",
+           "shot_overlap", "stratified_folds", "stratified_interval", "summarise", "with_folds"]
