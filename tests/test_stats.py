@@ -81,3 +81,57 @@ def test_shared_labels_by_hand():
     assert got == {"t1": ["hash sign"], "t2": ["letter  A"], "t3": []}
     assert "`t1`: 1 (hash sign)" in shared_labels_markdown(got, "src") and "t3" not in shared_labels_markdown(got, "src")
     assert shared_labels_markdown({"t3": []}, "src").startswith("No target shares a class name with the source `src`")
+
+
+def _fold_rows(folds: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
+    """Base-to-new rows of one dataset whose base and new accuracies both have the given fold scores."""
+    rows = []
+    for (method, seed), f in folds.items():
+        for split in ("base", "new"):
+            rows.append({"protocol": "base2new", "dataset": "d1", "method": method, "seed": seed, "shots": 16,
+                         "epoch": 10, "split": split, "accuracy": float(np.mean(f)),
+                         **{f"acc_fold{k}": v for k, v in enumerate(f)}})
+    return pd.DataFrame(rows)
+
+
+def test_table_rows_and_paired_checks_count_the_test_draw_by_hand():
+    from scipy import stats
+
+    from gramlib.reporting.tables import base_to_new_table, direction_check
+
+    rows = _fold_rows({("CoOp", 1): [50, 55, 60, 65, 70], ("CoOp", 2): [52, 57, 62, 67, 72],
+                       ("CoOp+GRAM", 1): [55, 58, 63, 68, 71], ("CoOp+GRAM", 2): [55, 61, 66, 71, 77]})
+    table = base_to_new_table(rows).set_index(["dataset", "method", "metric"])
+    # CoOp base: seeds 60, 62 -> variance of the mean 2 / 2 = 1 (1 df); seed-averaged folds 51, 56, 61, 66, 71 ->
+    # variance 62.5 / 5 = 12.5 (4 df); Welch-Satterthwaite df = 13.5^2 / (1 / 1 + 12.5^2 / 4)
+    r = table.loc[("d1", "CoOp", "base")]
+    df = 13.5 ** 2 / (1.0 + 12.5 ** 2 / 4.0)
+    h = stats.t.ppf(0.975, df) * math.sqrt(13.5)
+    assert (r["se_seeds"], r["se_test_draw"], r["df"]) == pytest.approx((1.0, math.sqrt(12.5), df))
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((61.0 - h, 61.0 + h))
+    # one dataset: its Average is the same row
+    assert table.loc[("Average", "CoOp", "base"), "ci_low"] == pytest.approx(61.0 - h)
+
+    # CoOp+GRAM - CoOp per unit: 3, 4 -> mean 3.5, variance of the mean 0.5 / 2 = 0.25 (1 df); per fold, averaged
+    # over seeds: 4, 3.5, 3.5, 3.5, 3 -> variance 0.125 / 5 = 0.025 (4 df)
+    c = direction_check(base_to_new_table(rows), 1, ["new"], rows=rows).set_index("pair").loc["CoOp+GRAM − CoOp"]
+    df = 0.275 ** 2 / (0.25 ** 2 / 1.0 + 0.025 ** 2 / 4.0)
+    h = stats.t.ppf(0.975, df) * math.sqrt(0.275)
+    assert (c["se_units"], c["se_test_draw"]) == pytest.approx((0.5, math.sqrt(0.025)))
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((3.5 - h, 3.5 + h))
+
+    # a split too small for folds (NaN fold scores): the seeds' interval alone, as without fold columns
+    small = rows.assign(**{f"acc_fold{k}": np.nan for k in range(5)})
+    r = base_to_new_table(small).set_index(["dataset", "method", "metric"]).loc[("d1", "CoOp", "base")]
+    h = 12.706204736174704 * 1.0  # t(0.975, 1) * se 1
+    assert math.isnan(r["se_test_draw"]) and (r["ci_low"], r["ci_high"]) == pytest.approx((61.0 - h, 61.0 + h))
+
+
+def test_zero_shot_rows_get_the_test_draw_alone():
+    # the same accuracy on every seed (zero-shot): no seed spread, but the test images are still one draw
+    from gramlib.reporting.tables import base_to_new_table
+
+    rows = _fold_rows({("CLIP", 1): [40, 50, 60, 50, 50], ("CLIP", 2): [40, 50, 60, 50, 50]})
+    r = base_to_new_table(rows).set_index(["dataset", "method", "metric"]).loc[("d1", "CLIP", "new")]
+    h = 2.7764451051977987 * math.sqrt(50.0 / 5)  # folds' variance 50 (ddof 1) / 5, t(0.975, 4)
+    assert r["se_seeds"] == 0.0 and (r["ci_low"], r["ci_high"]) == pytest.approx((50.0 - h, 50.0 + h))

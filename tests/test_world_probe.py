@@ -7,10 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from gramlib.data.coop import Datum
 from gramlib.experiments.world_probe import (FOLD_KEYS, PROBE_KEYS, TEST_FOLDS, ProbeConfig, bar_intervals, bars,
-                                             bars_per_seed, image_draw_variance, probe_config, run_probe, shot_overlap,
-                                             stratified_folds, stratified_interval, summarise)
+                                             bars_per_seed, image_draw_variance, probe_config, run_probe,
+                                             scores_by_split, shot_overlap, stratified_interval, summarise)
 from gramlib.stats import mean_interval
 
 
@@ -99,25 +98,12 @@ def test_bar_intervals_count_the_seed_spread_within_each_dataset():
     assert "shot_overlap_le_0.25" not in ci  # a count of shared files, not a sample
 
 
-def test_folds_split_each_class_evenly_and_keep_every_image_once():
-    # class 0 has 7 images, class 1 has 3, interleaved: class 0's i-th image goes to fold i mod 3
-    data = [Datum(f"/x/{lab}_{i}.jpg", lab, f"c{lab}") for i in range(7) for lab in (0, 1) if lab == 0 or i < 3]
-    folds = stratified_folds(data, 3)
-    names = [[str(d.impath).rsplit("/", 1)[1] for d in f] for f in folds]
-    assert names == [["0_0.jpg", "1_0.jpg", "0_3.jpg", "0_6.jpg"], ["0_1.jpg", "1_1.jpg", "0_4.jpg"],
-                     ["0_2.jpg", "1_2.jpg", "0_5.jpg"]]
-
-
-def test_splits_too_small_for_folds_get_none():
-    from gramlib.experiments.protocols import Target
-    from gramlib.experiments.world_probe import with_folds
-
-    big = [Datum(f"/x/{lab}_{i}.jpg", lab, f"c{lab}") for lab in (0, 1) for i in range(TEST_FOLDS)]
-    small = big[:-1]  # class 1 one image short of a fold each
-    out = with_folds([Target("d", "base", big, ["c0", "c1"]), Target("d", "new", small, ["c0", "c1"]),
-                      Target("d", "train", big, ["c0", "c1"])])
-    assert [t.split for t in out] == ["base", "new", "train", *[f"base_fold{k}" for k in range(TEST_FOLDS)]]
-    assert all(len(t.data) == 2 for t in out[3:])
+def test_scores_by_split_reads_each_rows_folds_at_one_epoch():
+    row = {"epoch": 10, "split": "base", "accuracy": 60.0, **{f"acc_fold{k}": 50.0 + k for k in range(TEST_FOLDS)}}
+    old = {**row, "epoch": 5, "accuracy": 1.0}
+    out = scores_by_split([old, row, {**row, "split": "train", "accuracy": 90.0}], 10)
+    assert out["base"] == 60.0 and out["train"] == 90.0 and out["base_fold3"] == 53.0
+    assert set(out) == {"base", "train", *[f"{s}_fold{k}" for s in ("base", "train") for k in range(TEST_FOLDS)]}
 
 
 def test_stratified_interval_adds_a_second_error_per_stratum():

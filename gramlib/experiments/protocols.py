@@ -9,7 +9,10 @@
 
 One row per (protocol, dataset, method, seed, shots, epoch, split) with the columns of
 :data:`COLUMNS`; ``accuracy`` is top-1 in percent, ``runtime_s`` the training time up to that epoch
-(for zero-shot: the evaluation time). Rows are appended to a CSV; tables are views of those rows.
+(for zero-shot: the evaluation time); ``acc_fold0``..``acc_fold4`` the accuracy on each class-stratified fold
+of the test split (:mod:`gramlib.test_draw`; NaN where a class has fewer test images than folds), from which
+the tables' intervals count the draw of the test images. Rows are appended to a CSV; tables are views of
+those rows.
 
 The experiments of the tables run through :mod:`gramlib.experiments.suite` (``gramlib suite``).
 """
@@ -36,14 +39,15 @@ from gramlib.io import atomic_path
 from gramlib.learners import LEARNERS, build_learner
 from gramlib.prompts import PromptLearner
 from gramlib.prompts.zeroshot import TemplateText
+from gramlib.test_draw import FOLD_COLUMNS, fold_accuracies
 from gramlib.tuning.lr_translation import translate_lr
-from gramlib.tuning.train import GradTransform, TrainConfig, class_features, evaluate, train_prompt
+from gramlib.tuning.train import GradTransform, TrainConfig, class_features, predict, train_prompt
 from gramlib.clip.zeroshot import dataset_templates, template_for
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["protocol", "dataset", "method", "seed", "shots", "epoch", "split", "accuracy", "n_test",
-           "runtime_s", "profile", "git_commit"]
+           "runtime_s", "profile", "git_commit", *FOLD_COLUMNS]
 METHODS = tuple(LEARNERS)
 # learners whose config has a hand-crafted template (their text side is the template)
 _TEMPLATE_METHODS = {"zeroshot", "vpt", "vpt_deep"}
@@ -178,9 +182,9 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
             key = (tuple(data.classnames), id(data.text_features))
             if key not in texts:
                 texts[key] = class_features(learner, theta, data, precision=env.backbone.precision)
-            acc = evaluate(learner, theta, data, precision=env.backbone.precision, text=texts[key])
+            acc, folds = _scores(learner, theta, data, env.backbone.precision, texts[key])
             out.append({**base, "dataset": ds, "epoch": epoch, "split": split, "accuracy": 100.0 * acc,
-                        "n_test": len(data), "runtime_s": runtime})
+                        "n_test": len(data), "runtime_s": runtime, **dict(zip(FOLD_COLUMNS, folds))})
         return out
 
     if not learner.prompt_params() or train_set is None:
@@ -213,6 +217,16 @@ def run_unit(env: Env, protocol: str, method: str, seed: int, shots: int, train_
     if on_final is not None:
         on_final(learner, {k: v.detach() for k, v in result.theta.items()})
     return rows
+
+
+def _scores(learner: PromptLearner, theta: dict, data: Any, precision: str, text: Any) -> tuple[float, list[float]]:
+    """Top-1 accuracy (fraction, as :func:`gramlib.tuning.train.evaluate`) of θ on ``data``, and in percent on
+    each class-stratified fold of its images (:mod:`gramlib.test_draw`: the test draw behind every interval)."""
+    if len(data) == 0:
+        return float("nan"), fold_accuracies([], [], len(data.classnames))
+    hits = predict(learner, theta, data, precision=precision, text=text) == data.bank.labels
+    labels = data.bank.labels.tolist()
+    return float(hits.float().mean()), fold_accuracies(hits.cpu().numpy(), labels, len(data.classnames))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,16 +30,15 @@ from typing import Any
 import pandas as pd
 
 from gramlib.config import Profile, load_params, section_layers, typed
+from gramlib.test_draw import FOLD_COLUMNS, TEST_FOLDS, combine, fold_variance
 
 PROBE_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
               "coop50_train", "probe_train", "probe_base", "shot_overlap")
-# Every test split is also scored on TEST_FOLDS class-stratified folds (image i of a class in fold i mod
-# TEST_FOLDS): the spread of a bar across folds measures how far another draw of test images would move it,
-# which the spread across data seeds (the test set held fixed) cannot. Measured on the mini world with four
-# independent 50-per-class test sets (notes/prototypes/test_draw.py, 2026-12-06): at seeds 1-2 the base gain
-# reads 7.27, 5.66, 5.49 and 4.11 on them, a test-draw error about twice its seed error. Five folds: 10 images
-# per class in each on mini.
-TEST_FOLDS = 5
+# Every test split is also scored on TEST_FOLDS class-stratified folds (gramlib.test_draw): the spread of a bar
+# across folds measures how far another draw of test images would move it, which the spread across data seeds
+# (the test set held fixed) cannot. Measured on the mini world with four independent 50-per-class test sets
+# (notes/prototypes/test_draw.py, 2026-12-06): at seeds 1-2 the base gain reads 7.27, 5.66, 5.49 and 4.11 on
+# them, a test-draw error about twice its seed error.
 # the keys scored per fold (``<key>_fold<k>`` in ``units``): the accuracies the CoOp bars are differences of
 FOLD_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop50_new")
 
@@ -76,32 +75,14 @@ def shot_overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / min(len(a), len(b))
 
 
-def stratified_folds(data: list, k: int = TEST_FOLDS) -> list[list]:
-    """``k`` class-stratified folds of a test split: a class's i-th image (in the split's order) goes to fold
-    i mod k, so each fold is a smaller draw of the same test distribution, with every class in it."""
-    folds: list[list] = [[] for _ in range(k)]
-    seen: dict[int, int] = {}
-    for d in data:
-        i = seen.get(d.label, 0)
-        seen[d.label] = i + 1
-        folds[i % k].append(d)
-    return folds
-
-
-def with_folds(targets: list) -> list:
-    """The targets, and each :func:`stratified_folds` of the base and new ones as a target ``<split>_fold<k>``.
-
-    Only where every class has TEST_FOLDS test images or more (the paper_fixture's stand-ins have 2): a fold
-    without some class is no draw of the same test distribution, so such a split gets no folds, and the bars'
-    intervals fall back to the seeds' spread."""
-    from gramlib.experiments.protocols import Target
-
-    out = list(targets)
-    for t in targets:
-        counts = pd.Series([d.label for d in t.data]).value_counts()
-        if t.split in ("base", "new") and len(counts) == len(t.classnames) and counts.min() >= TEST_FOLDS:
-            out += [Target(t.dataset, f"{t.split}_fold{k}", fold, t.classnames)
-                    for k, fold in enumerate(stratified_folds(t.data))]
+def scores_by_split(rows: list[dict[str, Any]], epoch: int) -> dict[str, float]:
+    """``{split: accuracy}`` of one run's rows at ``epoch``, and ``{<split>_fold<k>: accuracy}`` from each
+    row's fold columns (NaN where its split has no folds)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        if r["epoch"] == epoch:
+            out[r["split"]] = r["accuracy"]
+            out.update({f"{r['split']}_fold{k}": r[c] for k, c in enumerate(FOLD_COLUMNS)})
     return out
 
 
@@ -110,11 +91,10 @@ def _coop_run(env: Any, dataset: str, shots: int, seed: int, epochs: int, train:
     from gramlib.experiments.protocols import run_unit, unit_data
 
     train_set, targets = unit_data(env, "base2new", dataset, shots, seed, train_split=True)
-    targets = with_folds(targets)
     rows = run_unit(env, "base2new", "CoOp", seed, shots, train_set, targets, learner_name="coop",
                     train={**train, "epochs": epochs, "eval_every": epochs}, policy=policy,
                     lr_translation=lr_translation)
-    return {r["split"]: r["accuracy"] for r in rows if r["epoch"] == epochs}
+    return scores_by_split(rows, epochs)
 
 
 def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: dict[str, Any],
@@ -125,8 +105,8 @@ def probe_unit(env: Any, dataset: str, seed: int, cfg: ProbeConfig, coop_train: 
 
     t0 = time.perf_counter()
     _, targets = unit_data(env, "base2new", dataset, cfg.shots, seed)
-    zs = {r["split"]: r["accuracy"] for r in run_unit(env, "base2new", "CLIP", seed, cfg.shots, None,
-                                                        with_folds(targets), learner_name="zeroshot")}
+    zs = scores_by_split(run_unit(env, "base2new", "CLIP", seed, cfg.shots, None, targets,
+                                  learner_name="zeroshot"), 0)
     short = _coop_run(env, dataset, cfg.shots, seed, cfg.short_epochs, coop_train, policy, lr_translation)
     long = _coop_run(env, dataset, cfg.shots, seed, cfg.long_epochs, coop_train, policy, lr_translation)
     lp = base_class_probe(env, dataset, cfg.shots, seed, C=cfg.C)
@@ -207,14 +187,13 @@ def stratified_interval(values: Any, strata: Any, level: float = 0.95,
     labels = list(dict.fromkeys(g.tolist()))
     m = float(np.mean([x[g == lab].mean() for lab in labels])) if labels else float("nan")
     parts = [seed_variances(values, strata), *([extra] if extra else [])]  # (variance of the mean, df) per stratum
-    var = np.array([[part[lab][0] for lab in labels] for part in parts])
-    dfs = np.array([[part[lab][1] for lab in labels] for part in parts])
-    if not labels or np.isnan(var).any():
+    if not labels:
         return m, float("nan"), float("nan")
-    total = float(var.sum())
+    total, dof = combine([part[lab] for part in parts for lab in labels])
+    if np.isnan(total):
+        return m, float("nan"), float("nan")
     if total == 0.0:
         return m, m, m
-    dof = total ** 2 / float(np.sum(var ** 2 / dfs))
     h = float(stats.t.ppf(0.5 + level / 2, dof)) * float(np.sqrt(total)) / len(labels)
     return m, m - h, m + h
 
@@ -243,8 +222,7 @@ def image_draw_variance(units: pd.DataFrame, a: str, b: str) -> dict[str, tuple[
     cols = [(f"{a}_fold{k}", f"{b}_fold{k}") for k in range(TEST_FOLDS)]
     out = {}
     for d, grp in units.groupby("dataset", sort=False):
-        folds = pd.Series([float((grp[ca] - grp[cb]).mean()) for ca, cb in cols])
-        out[d] = (float(folds.var(ddof=1)) / TEST_FOLDS, float(TEST_FOLDS - 1))
+        out[d] = fold_variance([float((grp[ca] - grp[cb]).mean()) for ca, cb in cols])
     return out
 
 
@@ -336,4 +314,4 @@ def run_probe(profile: Profile, cfg: ProbeConfig, out_json: str | os.PathLike, *
 __all__ = ["BAR_DIFFERENCES", "BAR_RULES", "BAR_THRESHOLDS", "FOLD_KEYS", "OVERLAP_BAR", "PROBE_KEYS",
            "SHOT_OVERLAP_MAX", "TEST_FOLDS", "ProbeConfig", "bar_intervals", "bars", "bars_per_seed",
            "dataset_overlaps", "image_draw_variance", "probe_config", "probe_unit", "run_probe", "seed_variances",
-           "shot_overlap", "stratified_folds", "stratified_interval", "summarise", "with_folds"]
+           "scores_by_split", "shot_overlap", "stratified_interval", "summarise"]

@@ -4,7 +4,12 @@ Result rows (accuracy in percent; one per protocol, dataset, method, seed, shots
 ``gramlib.experiments.protocols``; nothing here parses logs. A table row is ``dataset, method, metric, mean,
 std, n_seeds``; ``metric`` follows ``gramlib/reference/paper_tables.csv`` (``base``/``new``/``H``
 for base-to-new tables, ``acc_16shot``/``acc_4shot`` for the transfer tables); ``ci_low``/``ci_high`` bound
-the mean with a 95 % Student-t interval over its ``n_seeds`` (:func:`with_intervals`).
+the mean with a 95 % Student-t interval (:func:`with_intervals`) that counts two independent errors: the draw
+of the few-shot training images (the spread over its ``n_seeds``, ``se_seeds``) and the draw of the test
+images (the spread over class-stratified folds of the test set, ``se_test_draw``, :mod:`gramlib.test_draw`),
+with ``df`` the Welch-Satterthwaite degrees of freedom of their sum. Every seed is scored on the same test
+images, so the seeds' spread alone cannot see the second, which at 50 test images per class is the larger
+for most numbers of the mini world. Paired comparisons (:func:`direction_check`) count both alike.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import numpy as np
 import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
+from gramlib.test_draw import FOLD_COLUMNS, TEST_FOLDS, average_fold_variance, combine, fold_variance, mean_variance, t_interval
 
-TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"]
+TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high", "se_seeds",
+                 "se_test_draw", "df"]
+NAN_PART = (float("nan"), float("nan"))
 
 
 def final_epoch(rows: pd.DataFrame) -> pd.DataFrame:
@@ -28,15 +36,90 @@ def final_epoch(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["epoch"] == last]
 
 
-def with_intervals(table: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """``ci_low``/``ci_high``: mean ± t·std/√n over the row's seeds (for H: the std of per-seed H, as the
-    table's std); NaN with one seed. Seeds are the independent draws the table's std is taken over."""
-    from gramlib.stats import t_half_width
+def with_intervals(table: pd.DataFrame, level: float = 0.95,
+                   test_draw: dict[tuple[str, str, str], tuple[float, float]] | None = None) -> pd.DataFrame:
+    """``ci_low``/``ci_high``: mean ± t_df · sqrt(se_seeds² + se_test_draw²); NaN with one seed.
 
+    ``se_seeds`` = std/√n over the row's seeds (for H: the std of per-seed H, as the table's std), n - 1 df;
+    ``test_draw`` maps (dataset, method, metric) to the test-draw (variance, df) of the row's mean (from the
+    folds, :func:`b2n_test_draw`); a row without one (a table of rows without folds, or a split with too few
+    test images per class) has ``se_test_draw`` NaN and the seeds' interval alone. ``df``: Welch-Satterthwaite."""
     out = table.copy()
-    half = [t_half_width(float(sd), int(n), level) if pd.notna(sd) and pd.notna(n) else np.nan
-            for sd, n in zip(out["std"], out["n_seeds"])]
-    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+    test_draw = test_draw or {}
+    cols = {"ci_low": [], "ci_high": [], "se_seeds": [], "se_test_draw": [], "df": []}
+    for r in out.itertuples():
+        n = int(r.n_seeds) if pd.notna(r.n_seeds) else 0
+        seeds = (float(r.std) ** 2 / n, float(n - 1)) if n > 1 and pd.notna(r.std) else NAN_PART
+        test = test_draw.get((r.dataset, r.method, r.metric), NAN_PART)
+        var, df = combine([seeds, test]) if not np.isnan(test[0]) else seeds
+        lo, hi = t_interval(float(r.mean), var, df, level)
+        for k, v in zip(cols, (lo, hi, np.sqrt(seeds[0]), np.sqrt(test[0]), df)):
+            cols[k].append(v)
+    for k, v in cols.items():
+        out[k] = pd.Series(v, index=out.index, dtype=float)
+    return out
+
+
+def fold_scores(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, dataset, seed, fold) of final-epoch rows: each split's accuracy on that fold of its test
+    images (:mod:`gramlib.test_draw`), one column per split, and H where base and new are both there.
+    Empty when the rows carry no fold columns (results written before they existed)."""
+    if rows.empty or not set(FOLD_COLUMNS) <= set(rows.columns):
+        return pd.DataFrame(columns=["method", "dataset", "seed", "fold"])
+    rows = final_epoch(rows)
+    long = rows[["method", "dataset", "seed", "split", *FOLD_COLUMNS]].melt(
+        id_vars=["method", "dataset", "seed", "split"], var_name="fold", value_name="fold_accuracy")
+    long["fold"] = long["fold"].map({c: k for k, c in enumerate(FOLD_COLUMNS)})
+    wide = long.pivot_table(index=["method", "dataset", "seed", "fold"], columns="split", values="fold_accuracy",
+                            dropna=False).reset_index()
+    wide.columns.name = None
+    if {"base", "new"} <= set(wide.columns):
+        wide["H"] = harmonic_mean(wide["base"], wide["new"])
+    return wide
+
+
+def _fold_matrix(folds: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Seed-averaged fold scores of ``value``: one row per dataset, one column per fold."""
+    m = folds.groupby(["dataset", "fold"], sort=False)[value].mean().unstack("fold")
+    return m.reindex(columns=range(TEST_FOLDS))
+
+
+def b2n_test_draw(folds: pd.DataFrame, average_name: str = "Average") -> dict[tuple[str, str, str], tuple[float, float]]:
+    """The test-draw (variance, df) of every base-to-new table row's mean, from :func:`fold_scores`.
+
+    Per dataset: the variance over folds of the seed-averaged fold accuracy, / TEST_FOLDS (H: of the fold's H
+    of seed-averaged base and new, as the table's H). Average: base and new sum their datasets' parts / D²
+    (:func:`gramlib.test_draw.average_fold_variance`); H takes the H of the dataset-averaged folds."""
+    out: dict[tuple[str, str, str], tuple[float, float]] = {}
+    if folds.empty or not {"base", "new"} <= set(folds.columns):
+        return out
+    for method, f in folds.groupby("method", sort=False):
+        b, n = _fold_matrix(f, "base"), _fold_matrix(f, "new")
+        for d in b.index:
+            out[(d, method, "base")] = fold_variance(b.loc[d])
+            out[(d, method, "new")] = fold_variance(n.loc[d])
+            out[(d, method, "H")] = fold_variance(harmonic_mean(b.loc[d], n.loc[d]))
+        out[(average_name, method, "base")] = average_fold_variance(b.to_numpy())
+        out[(average_name, method, "new")] = average_fold_variance(n.to_numpy())
+        out[(average_name, method, "H")] = fold_variance(harmonic_mean(b.mean(axis=0, skipna=False),
+                                                                       n.mean(axis=0, skipna=False)))
+    return out
+
+
+def transfer_test_draw(folds: pd.DataFrame, metric: str, source: str,
+                       average_name: str = "Average") -> dict[tuple[str, str, str], tuple[float, float]]:
+    """The test-draw (variance, df) of every transfer table row's mean (the ``test`` split's folds); the
+    Average's over the targets only, as the table's."""
+    out: dict[tuple[str, str, str], tuple[float, float]] = {}
+    if folds.empty or "test" not in folds.columns:
+        return out
+    for method, f in folds.groupby("method", sort=False):
+        acc = _fold_matrix(f, "test")
+        for d in acc.index:
+            out[(d, method, metric)] = fold_variance(acc.loc[d])
+        targets = acc.drop(index=source, errors="ignore")
+        if len(targets):
+            out[(average_name, method, metric)] = average_fold_variance(targets.to_numpy())
     return out
 
 
@@ -51,6 +134,7 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
     per-dataset means over datasets (then H of those averages), as Table 1(a) does.
     """
     rows = final_epoch(rows[rows["protocol"] == "base2new"])
+    test_draw = b2n_test_draw(fold_scores(rows), average_name)
     per_seed = rows.pivot_table(index=["dataset", "method", "seed"], columns="split", values="accuracy").reset_index()
     per_seed = per_seed.dropna(subset=["base", "new"])
     per_seed["H"] = harmonic_mean(per_seed["base"], per_seed["new"])
@@ -63,7 +147,7 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
                         "std": std, "n_seeds": g["seed"].nunique()})
     table = pd.DataFrame(out, columns=TABLE_COLUMNS[:6])
     if table.empty:
-        return with_intervals(table)
+        return with_intervals(table, test_draw=test_draw)
     # Average over datasets: per seed, mean over datasets; then the same statistics
     avg_seed = per_seed.groupby(["method", "seed"])[["base", "new"]].mean().reset_index()
     avg_seed["H"] = harmonic_mean(avg_seed["base"], avg_seed["new"])
@@ -72,7 +156,7 @@ def base_to_new_table(rows: pd.DataFrame, average_name: str = "Average") -> pd.D
         for metric, mean, std in (("base", b, _std(g["base"])), ("new", n, _std(g["new"])),
                                   ("H", harmonic_mean(b, n), _std(g["H"]))):
             table.loc[len(table)] = [average_name, method, metric, mean, std, g["seed"].nunique()]
-    return with_intervals(table)
+    return with_intervals(table, test_draw=test_draw)
 
 
 def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
@@ -81,6 +165,7 @@ def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
     metric = f"acc_{shots}shot"
     rows = final_epoch(rows[(rows["protocol"] == protocol) & (rows["shots"] == shots)])
     rows = rows[rows["split"] == "test"]
+    test_draw = transfer_test_draw(fold_scores(rows), metric, source, average_name)
     out = []
     for (dataset, method), g in rows.groupby(["dataset", "method"], sort=False):
         out.append({"dataset": dataset, "method": method, "metric": metric, "mean": g["accuracy"].mean(),
@@ -92,7 +177,7 @@ def transfer_table(rows: pd.DataFrame, protocol: str, shots: int, source: str,
         for method, g in per_seed.groupby("method", sort=False):
             table.loc[len(table)] = [average_name, method, metric, g["accuracy"].mean(),
                                      _std(g["accuracy"]), g["seed"].nunique()]
-    return with_intervals(table)
+    return with_intervals(table, test_draw=test_draw)
 
 
 def fmt(mean: float, std: float) -> str:
@@ -147,6 +232,8 @@ def paper_reference_markdown(table_number: int) -> str:
 # ------------------------------------------------------------------------------------------------
 # what the notebooks write: reports/tables/table<N>_<slug>.{csv,md,provenance.json}
 
+CHECK_COLUMNS = ["pair", "paper_pair", "metric", "ours", "paper", "same_direction", "ci_low", "ci_high", "p_value",
+                 "n_units", "se_units", "se_test_draw", "verdict"]
 # the paper's pairs "method -> method + GRAM" whose difference is its claim
 GRAM_PAIRS = (("CoOp", "CoOp+GRAM"), ("VPT", "VPT+GRAM"))
 
@@ -188,6 +275,49 @@ def paired_units(scores: pd.DataFrame, a: str, b: str, metric: str, dataset: str
     return wide.dropna() if {a, b} <= set(wide.columns) else pd.DataFrame(columns=[a, b])
 
 
+def paired_test_draw(folds: pd.DataFrame, a: str, b: str, metric: str, units: pd.Index,
+                     average: bool = True) -> tuple[float, float]:
+    """The test-draw (variance, df) of the mean paired difference b - a over ``units`` ((dataset, seed) pairs).
+
+    Per dataset, the fold-k difference averaged over its seeds is one draw of a test set TEST_FOLDS times
+    smaller (both methods see the same fold); its variance over folds / TEST_FOLDS is the dataset's part, and
+    the average over datasets sums them / D² (``average``: more than one dataset). NaN without folds."""
+    col = metric if metric in ("base", "new", "H") else "test"
+    if folds.empty or col not in folds.columns or not len(units):
+        return NAN_PART
+    keys = pd.MultiIndex.from_frame(folds[["dataset", "seed"]])
+    f = folds[keys.isin(units) & folds["method"].isin([a, b])]
+    wide = f.pivot_table(index=["dataset", "seed", "fold"], columns="method", values=col, dropna=False)
+    if not {a, b} <= set(wide.columns):
+        return NAN_PART
+    diff = (wide[b] - wide[a]).rename("d").reset_index()
+    per = _fold_matrix(diff, "d")
+    if len(per) != units.get_level_values(0).nunique():
+        return NAN_PART
+    return average_fold_variance(per.to_numpy())
+
+
+def paired_difference(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str, metric: str,
+                      dataset: str = "Average", average_excludes: Sequence[str] = (),
+                      level: float = 0.95) -> dict[str, float]:
+    """The mean paired difference b − a over the (dataset, seed) units both ran, its ``level`` interval
+    counting the units' spread (n - 1 df) and the draw of test images (:func:`paired_test_draw`; the units'
+    alone where there are no folds), and a sign-flip permutation p-value over the units."""
+    from gramlib.stats import paired_permutation_p
+
+    u = paired_units(scores, a, b, metric, dataset, average_excludes)
+    if not len(u):
+        return {"ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0, "se_units": np.nan,
+                "se_test_draw": np.nan}
+    d = u[b] - u[a]
+    units_part = mean_variance(d)
+    test = paired_test_draw(folds, a, b, metric, u.index)
+    var, df = combine([units_part, test]) if not np.isnan(test[0]) else units_part
+    lo, hi = t_interval(float(d.mean()), var, df, level)
+    return {"ci_low": lo, "ci_high": hi, "p_value": paired_permutation_p(u[a], u[b]), "n_units": int(len(u)),
+            "se_units": float(np.sqrt(units_part[0])), "se_test_draw": float(np.sqrt(test[0]))}
+
+
 def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], dataset: str = "Average",
                     paper_dataset: str = "Average", pairs: tuple[tuple[str, str], ...] = GRAM_PAIRS,
                     paper_names: dict[str, str] | None = None, rows: pd.DataFrame | None = None,
@@ -198,14 +328,15 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     paper's table, where ``paper_names`` maps our method labels to the paper's row names (for rows a
     profile hosts differently, e.g. the mini profile's CoOp-hosted ablations of Table 6). With the
     base-to-new result ``rows``, the difference is also taken per (dataset, seed) unit: its ``level``
-    t-interval (``ci_low``, ``ci_high``), a sign-flip permutation p-value and the verdict ``agrees`` /
+    t-interval (``ci_low``, ``ci_high``; :func:`paired_difference`: the units' spread, ``se_units``, and the
+    draw of test images, ``se_test_draw``), a sign-flip permutation p-value over the units and the verdict ``agrees`` /
     ``opposite`` / ``not resolved at this size`` (:func:`gramlib.stats.verdict`: the interval must exclude 0
     and the p-value be below 1 - ``level``); without rows the
     verdict is the sign alone and says so. Transfer tables pass one view's rows (metric ``acc_Nshot``)
     and their source in ``average_excludes`` (their average is over the targets).
     """
     from gramlib.reference import paper_table
-    from gramlib.stats import paired_interval, paired_permutation_p, verdict
+    from gramlib.stats import verdict
 
     names = paper_names or {}
     ref = paper_table(table_number).rename(columns={"value": "mean"})
@@ -213,6 +344,8 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     for metric in metrics:
         scores = None if rows is None else (unit_scores(rows) if metric in ("base", "new", "H")
                                             else transfer_unit_scores(rows, metric))
+        folds = None if rows is None else fold_scores(rows if metric not in ("base", "new", "H")
+                                                      else rows[rows["protocol"] == "base2new"])
         mine = gram_deltas(ours, metric, dataset, pairs).set_index("pair")["delta"]
         mapped = tuple((names.get(a, a), names.get(b, b)) for a, b in pairs)
         theirs = gram_deltas(ref, metric, paper_dataset, mapped).set_index("pair")["delta"].to_dict()
@@ -224,16 +357,13 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
             row = {"pair": pair, "paper_pair": f"{pb} − {pa}", "metric": metric, "ours": float(mine[pair]),
                    "paper": p, "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None,
                    "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0,
-                   "verdict": "sign only (no unit rows)"}
+                   "se_units": np.nan, "se_test_draw": np.nan, "verdict": "sign only (no unit rows)"}
             if scores is not None:
-                u = paired_units(scores, a, b, metric, dataset, average_excludes)
-                lo, hi = paired_interval(u[a], u[b], level) if len(u) else (np.nan, np.nan)
-                pv = paired_permutation_p(u[a], u[b]) if len(u) else np.nan
-                row.update(ci_low=lo, ci_high=hi, n_units=int(len(u)), p_value=pv,
-                           verdict=verdict(lo, hi, p if np.isfinite(p) else None, pv, level))
+                diff = paired_difference(scores, folds, a, b, metric, dataset, average_excludes, level)
+                row.update(diff, verdict=verdict(diff["ci_low"], diff["ci_high"], p if np.isfinite(p) else None,
+                                                 diff["p_value"], level))
             out.append(row)
-    return pd.DataFrame(out, columns=["pair", "paper_pair", "metric", "ours", "paper", "same_direction",
-                                      "ci_low", "ci_high", "p_value", "n_units", "verdict"])
+    return pd.DataFrame(out, columns=CHECK_COLUMNS)
 
 
 def write_table(table: pd.DataFrame, stem: str, reports_dir: str | Path, markdown: str, stamp: dict) -> dict[str, Path]:
@@ -276,9 +406,11 @@ def describe_check(check: pd.DataFrame) -> str:
     for r in check.itertuples():
         where = f" ({r.where})" if "where" in check.columns else ""
         if np.isfinite(r.ci_low):
+            test = (" and the draw of test images" if "se_test_draw" in check.columns and np.isfinite(r.se_test_draw)
+                    else "")
             out.append(f"- {r.pair}{where}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over "
-                       f"{r.n_units} dataset×seed units, paired permutation p = {r.p_value:.3g}), paper {r.paper:+.2f} "
-                       f"→ **{r.verdict}**.")
+                       f"{r.n_units} dataset×seed units{test}, paired permutation p over the units = {r.p_value:.3g}), "
+                       f"paper {r.paper:+.2f} → **{r.verdict}**.")
         else:
             sign = ("same sign as the paper" if r.same_direction else
                     "opposite sign to the paper" if r.same_direction is not None else "no paper number")
@@ -310,7 +442,9 @@ def meta_seed_spread(rows: pd.DataFrame, runs: list[str], reference: str, label:
     spread = pd.DataFrame([["Average", label, metric, float(per[metric].mean()),
                             _std(per[metric]), len(per)] for metric in ("base", "new", "H") if len(per)],
                           columns=TABLE_COLUMNS[:6])
-    spread = with_intervals(spread)  # over the meta-training runs
+    # over the meta-training runs, and the test draw of the runs' pooled folds (every run sees the same test images)
+    pooled = fold_scores(rows[(rows["protocol"] == "base2new") & rows["method"].isin(runs)].assign(method=label))
+    spread = with_intervals(spread, test_draw=b2n_test_draw(pooled))
     return pd.concat([out[TABLE_COLUMNS], spread], ignore_index=True) if len(spread) else out[TABLE_COLUMNS].reset_index(drop=True)
 
 
