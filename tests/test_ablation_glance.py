@@ -52,3 +52,25 @@ def test_verdict_and_missing_rows():
     rows = _rows({"A": {("d", 1): (50.0, 50.0), ("d", 2): (51.0, 49.0)}})
     with pytest.raises(ValueError, match=r"no base-to-new rows for \['B'\]"):
         ablation_glance(rows, ["A", "B"], reference="A")
+
+
+def test_the_interval_counts_the_draw_of_test_images_by_hand():
+    from scipy import stats
+
+    # B - A per fold (the same on both seeds): d1 0, 2, 4, 2, 2 (unit differences 2); d2 1 on every fold
+    diffs = {"d1": [0.0, 2.0, 4.0, 2.0, 2.0], "d2": [1.0] * 5}
+    out = []
+    for method in ("A", "B"):
+        for (dataset, f), seed in [(item, s) for item in diffs.items() for s in (1, 2)]:
+            folds = [50.0 + (x if method == "B" else 0.0) for x in f]
+            for split in ("base", "new"):
+                out.append({"protocol": "base2new", "dataset": dataset, "method": method, "seed": seed, "shots": 16,
+                            "split": split, "epoch": 10, "accuracy": float(np.mean(folds)),
+                            **{f"acc_fold{k}": v for k, v in enumerate(folds)}})
+    row = ablation_glance(pd.DataFrame(out), ["A", "B"], reference="A").set_index(["method", "metric"]).loc[("B", "new")]
+    # units 2, 2, 1, 1: variance of the mean (1/3) / 4 (3 df); test draw: d1's fold variance 2 / 5, d2's 0,
+    # averaged over 2 datasets: 0.4 / 4 = 0.1 (4 df); Welch-Satterthwaite over both
+    var = 1 / 12 + 0.1
+    df = var ** 2 / ((1 / 12) ** 2 / 3 + 0.1 ** 2 / 4)
+    h = stats.t.ppf(0.975, df) * math.sqrt(var)
+    assert row["delta"] == pytest.approx(1.5) and (row["ci_low"], row["ci_high"]) == pytest.approx((1.5 - h, 1.5 + h))

@@ -135,3 +135,23 @@ def test_zero_shot_rows_get_the_test_draw_alone():
     r = base_to_new_table(rows).set_index(["dataset", "method", "metric"]).loc[("d1", "CLIP", "new")]
     h = 2.7764451051977987 * math.sqrt(50.0 / 5)  # folds' variance 50 (ddof 1) / 5, t(0.975, 4)
     assert r["se_seeds"] == 0.0 and (r["ci_low"], r["ci_high"]) == pytest.approx((50.0 - h, 50.0 + h))
+
+
+def test_transfer_average_counts_the_targets_test_draw_only():
+    from scipy import stats
+
+    from gramlib.reporting.tables import transfer_table
+
+    folds = {"src": [0, 0, 0, 100, 100], "t1": [10, 20, 30, 40, 50], "t2": [30, 30, 30, 30, 30]}
+    rows = pd.DataFrame([{"protocol": "cross_dataset", "dataset": d, "method": "CoOp", "seed": s, "shots": 16,
+                          "epoch": 10, "split": "test", "accuracy": float(np.mean(f)),
+                          **{f"acc_fold{k}": v for k, v in enumerate(f)}}
+                         for d, f in folds.items() for s in (1, 2)])
+    t = transfer_table(rows, "cross_dataset", 16, "src").set_index("dataset")
+    # targets' fold variances: t1 250 / 5 = 50, t2 0 (4 df each); their average's (50 + 0) / 4 = 12.5, 4 df;
+    # every seed the same (se_seeds 0), so the interval is the test draw's alone
+    h = stats.t.ppf(0.975, 4) * math.sqrt(12.5)
+    r = t.loc["Average"]
+    assert r["mean"] == 30.0 and r["se_test_draw"] == pytest.approx(math.sqrt(12.5)) and r["df"] == pytest.approx(4.0)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((30.0 - h, 30.0 + h))
+    assert t.loc["src", "se_test_draw"] == pytest.approx(math.sqrt(3000.0 / 5))  # folds 0,0,0,100,100: variance 3000
