@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -332,6 +333,18 @@ def test_fit_room_by_hand():
     assert t.loc[("Average", "linear probe", "train"), "mean"] == pytest.approx(99.0)
     assert t.loc[("Average", "linear probe", "base"), "n_seeds"] == 1
     assert not any("epoch 5" in m for m in t.index.get_level_values("method"))
+    assert math.isnan(t.loc[("a", "CoOp @ epoch 10", "new"), "se_test_draw"])  # rows without fold scores
+
+    # with fold scores: the new rows' folds (the same on both seeds) 40, 50, 50, 50, 60 on a, 40 on every fold of b
+    folds = {"a": [40.0, 50.0, 50.0, 50.0, 60.0], "b": [40.0] * 5}
+    for k in range(5):
+        rows[f"acc_fold{k}"] = [folds[d][k] if s == "new" else np.nan for d, s in zip(rows["dataset"], rows["split"])]
+    t = fit_room(rows, [10], probe).set_index(["dataset", "method", "metric"])
+    # a: variance 50 (ddof 1) / 5 = 10 (4 df); Average: (10 + 0) / 4 = 2.5; train rows: the seeds' alone
+    assert t.loc[("a", "CoOp @ epoch 10", "new"), "se_test_draw"] == pytest.approx(math.sqrt(10.0))
+    assert t.loc[("Average", "CoOp @ epoch 10", "new"), "se_test_draw"] == pytest.approx(math.sqrt(2.5))
+    assert math.isnan(t.loc[("Average", "CoOp @ epoch 10", "train"), "se_test_draw"])
+    assert math.isnan(t.loc[("Average", "linear probe", "base"), "ci_low"])  # one seed, no folds
 
 
 def test_direction_check_maps_rows_to_the_papers_names():

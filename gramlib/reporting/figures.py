@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
-from gramlib.reporting.tables import final_epoch
+from gramlib.reporting.tables import final_epoch, with_intervals
+from gramlib.test_draw import FOLD_COLUMNS, average_fold_variance, fold_variance
 
 
 def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -139,7 +140,9 @@ def fit_room(rows: pd.DataFrame, epochs: Sequence[int], probe: pd.DataFrame | No
     ``rows``: an experiment run with ``train_split`` (splits train, base, new); one row label per
     (method, epoch in ``epochs``), e.g. "CoOp @ epoch 10". ``probe``: columns dataset, seed, train,
     base (a linear probe on the same few-shot features, :mod:`gramlib.experiments.linear_probe`), labelled
-    "linear probe". The average is taken over datasets within a seed, then over seeds.
+    "linear probe". The average is taken over datasets within a seed, then over seeds. The base and new test
+    rows' intervals also count the draw of the test images (their fold scores, :mod:`gramlib.test_draw`); the
+    train rows' do not (the seeds redraw the shots themselves), nor the linear probe's (no per-image scores).
     """
     r = rows[(rows["protocol"] == "base2new") & rows["epoch"].isin(list(epochs))].copy()
     r["label"] = r["method"] + " @ epoch " + r["epoch"].astype(int).astype(str)
@@ -151,7 +154,20 @@ def fit_room(rows: pd.DataFrame, epochs: Sequence[int], probe: pd.DataFrame | No
     avg = per.groupby(["label", "split", "seed"], sort=False)["accuracy"].mean().reset_index().assign(dataset=average_name)
     both = pd.concat([per, avg], ignore_index=True)
     out = both.groupby(["dataset", "label", "split"], sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"label": "method", "split": "metric", "count": "n_seeds"})
+    out = out.rename(columns={"label": "method", "split": "metric", "count": "n_seeds"})
+    return with_intervals(out, test_draw=_fit_room_test_draw(r, average_name))
+
+
+def _fit_room_test_draw(rows: pd.DataFrame, average_name: str) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(dataset, label, split) -> the test-draw (variance, df) of the seed-averaged base and new test accuracy."""
+    test = rows[rows["split"].isin(["base", "new"])]
+    if test.empty or not set(FOLD_COLUMNS) <= set(test.columns):
+        return {}
+    folds = test.groupby(["label", "split", "dataset"], sort=False)[list(FOLD_COLUMNS)].mean()
+    out = {(d, label, split): fold_variance(v.to_numpy()) for (label, split, d), v in folds.iterrows()}
+    for (label, split), g in folds.groupby(level=[0, 1], sort=False):
+        out[(average_name, label, split)] = average_fold_variance(g.to_numpy())
+    return out
 
 
 def plot_fit_room(curves: pd.DataFrame, methods: Sequence[str], probe_train: float | None = None, title: str = ""):
