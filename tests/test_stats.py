@@ -155,3 +155,20 @@ def test_transfer_average_counts_the_targets_test_draw_only():
     assert r["mean"] == 30.0 and r["se_test_draw"] == pytest.approx(math.sqrt(12.5)) and r["df"] == pytest.approx(4.0)
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((30.0 - h, 30.0 + h))
     assert t.loc["src", "se_test_draw"] == pytest.approx(math.sqrt(3000.0 / 5))  # folds 0,0,0,100,100: variance 3000
+
+
+def test_a_method_run_on_fewer_datasets_keeps_its_test_draw():
+    # CoOp ran on d1 and d2, CLIP on d1 only: CLIP's Average is d1's, with d1's test draw (not NaN from a d2 it never ran)
+    from gramlib.reporting.tables import base_to_new_table
+
+    rows = []
+    for method, datasets in (("CoOp", ("d1", "d2")), ("CLIP", ("d1",))):
+        for d in datasets:
+            for seed in (1, 2):
+                for split in ("base", "new"):
+                    rows.append({"protocol": "base2new", "dataset": d, "method": method, "seed": seed, "shots": 16,
+                                 "epoch": 10, "split": split, "accuracy": 50.0,
+                                 **{f"acc_fold{k}": v for k, v in enumerate([40.0, 50.0, 50.0, 50.0, 60.0])}})
+    t = base_to_new_table(pd.DataFrame(rows)).set_index(["dataset", "method", "metric"])
+    assert t.loc[("Average", "CLIP", "new"), "se_test_draw"] == pytest.approx(math.sqrt(10.0))  # 50 / 5
+    assert t.loc[("Average", "CoOp", "new"), "se_test_draw"] == pytest.approx(math.sqrt(20.0 / 4))  # (10 + 10) / 2^2

@@ -70,8 +70,9 @@ def fold_scores(rows: pd.DataFrame) -> pd.DataFrame:
     long = rows[["method", "dataset", "seed", "split", *FOLD_COLUMNS]].melt(
         id_vars=["method", "dataset", "seed", "split"], var_name="fold", value_name="fold_accuracy")
     long["fold"] = long["fold"].map({c: k for k, c in enumerate(FOLD_COLUMNS)})
-    wide = long.pivot_table(index=["method", "dataset", "seed", "fold"], columns="split", values="fold_accuracy",
-                            dropna=False).reset_index()
+    # groupby, not pivot_table(dropna=False): that would add every (method, dataset) pair, run or not, as NaN rows
+    wide = long.groupby(["method", "dataset", "seed", "fold", "split"], sort=False)["fold_accuracy"].mean()
+    wide = wide.unstack("split").reset_index()
     wide.columns.name = None
     if {"base", "new"} <= set(wide.columns):
         wide["H"] = harmonic_mean(wide["base"], wide["new"])
