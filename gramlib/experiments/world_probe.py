@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from gramlib.config import Profile, load_params, section_layers, typed
-from gramlib.test_draw import FOLD_COLUMNS, TEST_FOLDS, combine, fold_variance
+from gramlib.test_draw import FOLD_COLUMNS, TEST_FOLDS, combine, fold_variance, mean_variance
 
 PROBE_KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop50_base", "coop50_new",
               "coop50_train", "probe_train", "probe_base", "shot_overlap")
@@ -200,16 +200,12 @@ def stratified_interval(values: Any, strata: Any, level: float = 0.95,
 
 def seed_variances(values: Any, strata: Any) -> dict[Any, tuple[float, float]]:
     """Per stratum, the variance of its mean over its values (data seeds) and its degrees of freedom, n - 1;
-    NaN variance where a stratum has one value (no spread to estimate)."""
+    NaN where a stratum has one value (no spread to estimate): :func:`gramlib.test_draw.mean_variance` per stratum."""
     import numpy as np
 
     x = np.asarray(values, dtype=float)
     g = np.asarray(strata)
-    out = {}
-    for lab in dict.fromkeys(g.tolist()):
-        grp = x[g == lab]
-        out[lab] = (float(grp.var(ddof=1)) / grp.size if grp.size > 1 else float("nan"), float(grp.size - 1))
-    return out
+    return {lab: mean_variance(x[g == lab]) for lab in dict.fromkeys(g.tolist())}
 
 
 def image_draw_variance(units: pd.DataFrame, a: str, b: str) -> dict[str, tuple[float, float]]:
