@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gramlib.config import REPO
+from gramlib.reporting.tables import TABLE_COLUMNS
 
 pytestmark = pytest.mark.chain
 
@@ -84,7 +85,7 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
     assert not (chain / "reports" / "tables").exists()  # the mini profile's folder is left alone
     for stem in TABLES:
         df = pd.read_csv(reports / "tables" / f"{stem}.csv")
-        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"], stem
+        assert list(df.columns) == TABLE_COLUMNS, stem  # ci_low/ci_high with their parts: se_seeds, se_test_draw, df
         assert len(df) > 0 and (df["n_seeds"] == 1).all(), stem
         assert df["mean"].between(0, 100).all(), stem
         md = (reports / "tables" / f"{stem}.md").read_text()
@@ -92,11 +93,12 @@ def test_repro_produces_every_table_figure_and_the_index(chain):
         assert yaml.safe_load((reports / "tables" / f"{stem}.provenance.json").read_text())["profile"] == "smoke"
     t1 = pd.read_csv(reports / "tables" / "table1_base_to_new.csv")
     assert {"CLIP", "CoOp", "CoCoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "VPT+GRAM"} <= set(t1["method"])
+    assert t1["se_test_draw"].notna().all()  # the result rows' fold scores reached the table (smoke: 25 test images a class)
     assert set(pd.read_csv(reports / "tables" / "table7_prompt_tokens.csv")["method"]) == {
         f"UNIGRAM ({n} tokens)" for n in (2, 4, 6, 8)}
     for stem in OWN_TABLES:
         df = pd.read_csv(reports / "tables" / f"{stem}.csv")
-        assert list(df.columns) == ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high"], stem
+        assert list(df.columns) == TABLE_COLUMNS, stem
         assert len(df) > 0 and df["mean"].between(0, 100).all(), stem
     b2n = set(pd.read_csv(reports / "tables" / "table_restore_base_to_new.csv")["method"])
     assert {"CLIP", "CoOp", "VPT", "UNIGRAM", "CoOp+GRAM", "IVLP", "MaPLe", "RESTORE"} <= b2n
