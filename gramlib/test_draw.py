@@ -83,6 +83,12 @@ def combine(parts: Iterable[tuple[float, float]]) -> tuple[float, float]:
     return total, total ** 2 / sum(v ** 2 / df for v, df in parts if v > 0.0)
 
 
+def with_test_draw(seeds: tuple[float, float], test: tuple[float, float]) -> tuple[float, float]:
+    """The seeds' (variance, df) with the test draw's added where it is known (:func:`combine`), else alone:
+    a split without folds keeps the interval it would have had without them."""
+    return combine([seeds, test]) if not math.isnan(test[0]) else seeds
+
+
 def t_interval(mean: float, variance: float, df: float, level: float = 0.95) -> tuple[float, float]:
     """mean ± t_df · sqrt(variance); NaN bounds with a NaN variance, the mean itself with zero variance."""
     from scipy import stats
@@ -104,4 +110,4 @@ def mean_variance(values: Any) -> tuple[float, float]:
 
 
 __all__ = ["FOLD_COLUMNS", "TEST_FOLDS", "average_fold_variance", "combine", "fold_accuracies", "fold_ids",
-           "fold_variance", "mean_variance", "t_interval"]
+           "fold_variance", "mean_variance", "t_interval", "with_test_draw"]

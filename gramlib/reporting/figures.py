@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
-from gramlib.reporting.tables import final_epoch, with_intervals
-from gramlib.test_draw import FOLD_COLUMNS, average_fold_variance, fold_variance
+from gramlib.reporting.tables import dataset_parts, final_epoch, with_intervals
+from gramlib.test_draw import FOLD_COLUMNS
 
 
 def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -164,9 +164,11 @@ def _fit_room_test_draw(rows: pd.DataFrame, average_name: str) -> dict[tuple[str
     if test.empty or not set(FOLD_COLUMNS) <= set(test.columns):
         return {}
     folds = test.groupby(["label", "split", "dataset"], sort=False)[list(FOLD_COLUMNS)].mean()
-    out = {(d, label, split): fold_variance(v.to_numpy()) for (label, split, d), v in folds.iterrows()}
+    out = {}
     for (label, split), g in folds.groupby(level=[0, 1], sort=False):
-        out[(average_name, label, split)] = average_fold_variance(g.to_numpy())
+        per, avg = dataset_parts(g.droplevel([0, 1]))
+        out.update({(d, label, split): part for d, part in per.items()})
+        out[(average_name, label, split)] = avg
     return out
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from gramlib.reference.audit import harmonic_mean
-from gramlib.test_draw import FOLD_COLUMNS, TEST_FOLDS, average_fold_variance, combine, fold_variance, mean_variance, t_interval
+from gramlib.test_draw import (FOLD_COLUMNS, TEST_FOLDS, average_fold_variance, fold_variance, mean_variance, t_interval,
+                                with_test_draw)
 
 TABLE_COLUMNS = ["dataset", "method", "metric", "mean", "std", "n_seeds", "ci_low", "ci_high", "se_seeds",
                  "se_test_draw", "df"]
@@ -51,7 +52,7 @@ def with_intervals(table: pd.DataFrame, level: float = 0.95,
         n = int(r.n_seeds) if pd.notna(r.n_seeds) else 0
         seeds = (float(r.std) ** 2 / n, float(n - 1)) if n > 1 and pd.notna(r.std) else NAN_PART
         test = test_draw.get((r.dataset, r.method, r.metric), NAN_PART)
-        var, df = combine([seeds, test]) if not np.isnan(test[0]) else seeds
+        var, df = with_test_draw(seeds, test)
         lo, hi = t_interval(float(r.mean), var, df, level)
         for k, v in zip(cols, (lo, hi, np.sqrt(seeds[0]), np.sqrt(test[0]), df)):
             cols[k].append(v)
@@ -85,6 +86,15 @@ def _fold_matrix(folds: pd.DataFrame, value: str) -> pd.DataFrame:
     return m.reindex(columns=range(TEST_FOLDS))
 
 
+def dataset_parts(matrix: pd.DataFrame, average_excludes: Sequence[str] = ()) -> tuple[dict[str, tuple[float, float]],
+                                                                                    tuple[float, float]]:
+    """From a :func:`_fold_matrix` (a row per dataset): each dataset's test-draw (variance, df), and the average's
+    over the datasets not in ``average_excludes`` (their parts summed / D², :func:`average_fold_variance`)."""
+    kept = matrix.drop(index=list(average_excludes), errors="ignore")
+    return ({d: fold_variance(matrix.loc[d]) for d in matrix.index},
+            average_fold_variance(kept.to_numpy()) if len(kept) else NAN_PART)
+
+
 def b2n_test_draw(folds: pd.DataFrame, average_name: str = "Average") -> dict[tuple[str, str, str], tuple[float, float]]:
     """The test-draw (variance, df) of every base-to-new table row's mean, from :func:`fold_scores`.
 
@@ -96,12 +106,12 @@ def b2n_test_draw(folds: pd.DataFrame, average_name: str = "Average") -> dict[tu
         return out
     for method, f in folds.groupby("method", sort=False):
         b, n = _fold_matrix(f, "base"), _fold_matrix(f, "new")
+        for metric, m in (("base", b), ("new", n)):
+            per, avg = dataset_parts(m)
+            out.update({(d, method, metric): part for d, part in per.items()})
+            out[(average_name, method, metric)] = avg
         for d in b.index:
-            out[(d, method, "base")] = fold_variance(b.loc[d])
-            out[(d, method, "new")] = fold_variance(n.loc[d])
             out[(d, method, "H")] = fold_variance(harmonic_mean(b.loc[d], n.loc[d]))
-        out[(average_name, method, "base")] = average_fold_variance(b.to_numpy())
-        out[(average_name, method, "new")] = average_fold_variance(n.to_numpy())
         out[(average_name, method, "H")] = fold_variance(harmonic_mean(b.mean(axis=0, skipna=False),
                                                                        n.mean(axis=0, skipna=False)))
     return out
@@ -115,12 +125,9 @@ def transfer_test_draw(folds: pd.DataFrame, metric: str, source: str,
     if folds.empty or "test" not in folds.columns:
         return out
     for method, f in folds.groupby("method", sort=False):
-        acc = _fold_matrix(f, "test")
-        for d in acc.index:
-            out[(d, method, metric)] = fold_variance(acc.loc[d])
-        targets = acc.drop(index=source, errors="ignore")
-        if len(targets):
-            out[(average_name, method, metric)] = average_fold_variance(targets.to_numpy())
+        per, avg = dataset_parts(_fold_matrix(f, "test"), average_excludes=(source,))
+        out.update({(d, method, metric): part for d, part in per.items()})
+        out[(average_name, method, metric)] = avg
     return out
 
 
@@ -313,7 +320,7 @@ def paired_difference(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str,
     d = u[b] - u[a]
     units_part = mean_variance(d)
     test = paired_test_draw(folds, a, b, metric, u.index)
-    var, df = combine([units_part, test]) if not np.isnan(test[0]) else units_part
+    var, df = with_test_draw(units_part, test)
     lo, hi = t_interval(float(d.mean()), var, df, level)
     return {"ci_low": lo, "ci_high": hi, "p_value": paired_permutation_p(u[a], u[b]), "n_units": int(len(u)),
             "se_units": float(np.sqrt(units_part[0])), "se_test_draw": float(np.sqrt(test[0]))}
