@@ -1,0 +1,116 @@
+"""How large a run would resolve a difference of a given size: the paired checks' errors, projected.
+
+A paired check (:func:`gramlib.reporting.tables.paired_difference`) counts two independent errors: the
+spread of the per-unit differences over the (dataset, seed) units, whose variance of the mean shrinks as
+1 / (datasets x seeds), and the draw of the test images, estimated from class-stratified folds of the one test
+set every seed is scored on (:mod:`gramlib.test_draw`), which no number of seeds averages away and which shrinks
+as 1 / (test images per class). Scaling each part by its own count answers the planning question the project's
+"resolve about one point" goal asks: how many seeds, and how many test images per class, would give an interval
+of half-width ``target``? The projection assumes the per-unit spread and the per-image noise stay what they are
+at today's size (the errors' estimates themselves scatter, so a projection is a plan, not a result).
+
+Where the paired interval of the tables counts the units as independent (so it includes the datasets' spread
+of the effect, and shrinks with seeds as if that spread did too), so does the projection: it plans the interval
+the tables would print.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+from gramlib.reporting.tables import fold_scores, paired_test_draw, paired_units, transfer_unit_scores, unit_scores
+from gramlib.test_draw import combine, mean_variance, with_test_draw
+
+PLAN_COLUMNS = ["pair", "metric", "mean_difference", "n_datasets", "n_seeds", "half_width", "target", "test_scale",
+                "seeds_needed", "floor"]
+
+
+def _t(df: float, level: float) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def projected_half_width(unit_variance: float, n_datasets: int, seeds: int, test_part: tuple[float, float],
+                         test_scale: float = 1.0, level: float = 0.95) -> float:
+    """The paired interval's half-width with ``seeds`` seeds per dataset and ``test_scale`` times today's test
+    images per class: units' variance ``unit_variance`` / (datasets x seeds) with that many units less one
+    df, plus the test draw's (variance / ``test_scale``, its df; NaN variance: no folds, the units' alone),
+    combined by Welch-Satterthwaite."""
+    n = n_datasets * seeds
+    if n < 2 or math.isnan(unit_variance):
+        return math.nan
+    units = (unit_variance / n, float(n - 1))
+    var_t, df_t = test_part
+    var, df = combine([units, (var_t / test_scale, df_t)]) if not math.isnan(var_t) else units
+    return _t(df, level) * math.sqrt(var) if var > 0 else 0.0
+
+
+def floor_of_test_draw(test_part: tuple[float, float], test_scale: float = 1.0, level: float = 0.95) -> float:
+    """The half-width infinitely many seeds tend to: the test draw's alone (t at its own df). Not a strict lower
+    bound at finite seeds: the Welch-Satterthwaite df of the two parts can exceed the test draw's own, so a
+    finite count can print an interval a little narrower (never below z · its standard error)."""
+    var_t, df_t = test_part
+    if math.isnan(var_t):
+        return 0.0
+    return _t(df_t, level) * math.sqrt(var_t / test_scale) if var_t > 0 else 0.0
+
+
+def seeds_for_half_width(target: float, unit_variance: float, n_datasets: int, test_part: tuple[float, float],
+                         test_scale: float = 1.0, level: float = 0.95, max_seeds: int = 1000) -> int | None:
+    """The fewest seeds per dataset whose projected half-width is at most ``target``; None when no count up to
+    ``max_seeds`` gets there (near or below the test draw's floor: more seeds cannot help, only more test images)."""
+    if math.isnan(unit_variance):
+        return None
+    for seeds in range(1, max_seeds + 1):
+        h = projected_half_width(unit_variance, n_datasets, seeds, test_part, test_scale, level)
+        if not math.isnan(h) and h <= target:
+            return seeds
+    return None
+
+
+def paired_errors(rows: pd.DataFrame, a: str, b: str, metric: str, dataset: str = "Average",
+                  average_excludes: Sequence[str] = ()) -> dict:
+    """The ingredients of the paired check b - a: mean difference, the per-unit variance (ddof 1), the number
+    of datasets and of seeds per dataset, and the test draw's (variance, df), exactly as the tables take them."""
+    transfer = metric not in ("base", "new", "H")
+    scores = transfer_unit_scores(rows, metric) if transfer else unit_scores(rows)
+    folds = fold_scores(rows if transfer else rows[rows["protocol"] == "base2new"])
+    u = paired_units(scores, a, b, metric, dataset, average_excludes)
+    d = (u[b] - u[a]) if len(u) else pd.Series(dtype=float)
+    var_mean, _ = mean_variance(d)
+    n_datasets = int(u.index.get_level_values(0).nunique()) if len(u) else 0
+    return {"ours": float(d.mean()) if len(d) else math.nan,
+            "unit_variance": var_mean * len(d) if len(d) > 1 else math.nan,
+            "n_units": int(len(d)), "n_datasets": n_datasets,
+            "n_seeds": len(d) / n_datasets if n_datasets else math.nan,
+            "test_part": paired_test_draw(folds, a, b, metric, u.index) if len(u) else (math.nan, math.nan)}
+
+
+def resolution_plan(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
+                    target: float = 1.0, test_scales: Sequence[float] = (1.0, 4.0), dataset: str = "Average",
+                    average_excludes: Sequence[str] = (), level: float = 0.95) -> pd.DataFrame:
+    """Per pair (a, b), metric and test scale: today's half-width, the seeds per dataset a ``target`` half-width
+    would need (None: unreachable by seeds at that test size) and the test draw's floor (PLAN_COLUMNS)."""
+    out = []
+    for a, b in pairs:
+        for metric in metrics:
+            e = paired_errors(rows, a, b, metric, dataset, average_excludes)
+            if e["n_units"] < 2:
+                continue
+            var, df = with_test_draw((e["unit_variance"] / e["n_units"], e["n_units"] - 1.0), e["test_part"])
+            now = _t(df, level) * math.sqrt(var)  # the tables' own half-width (paired_difference)
+            for scale in test_scales:
+                out.append({"pair": f"{b} − {a}", "metric": metric, "mean_difference": e["ours"], "n_datasets": e["n_datasets"],
+                            "n_seeds": e["n_seeds"], "half_width": now, "target": target, "test_scale": scale,
+                            "seeds_needed": seeds_for_half_width(target, e["unit_variance"], e["n_datasets"],
+                                                                 e["test_part"], scale, level),
+                            "floor": floor_of_test_draw(e["test_part"], scale, level)})
+    return pd.DataFrame(out, columns=PLAN_COLUMNS)
+
+
+__all__ = ["PLAN_COLUMNS", "paired_errors", "projected_half_width", "resolution_plan", "seeds_for_half_width",
+           "floor_of_test_draw"]
