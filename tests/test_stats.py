@@ -69,6 +69,19 @@ def test_table_intervals_and_direction_check_with_unit_rows():
     assert c["verdict"] == AGREES  # the paper's Table 1: CoOp+GRAM gains on new classes
     assert c["p_value"] == pytest.approx(2 / 64)  # all six differences positive: only the two all-same-sign flips
     assert "agree with the paper" in describe_check(check.reset_index())
+    assert c["unit_mean"] == pytest.approx(d.mean())  # base and new: the table's difference is the units' mean
+    assert c["ours"] == pytest.approx(d.mean()) and "around the units' mean" not in describe_check(check.reset_index())
+
+    # H: the table's difference is of harmonic means of averages, the interval is around the mean of per-unit H
+    # differences; the check carries both and says which the interval is around
+    hm = lambda b, n: 2 * b * n / (b + n)
+    per_unit = np.array([hm(80.0 + s, 60.0 + s + g) - hm(80.0 + s, 60.0 + s) for (_, s), g in gains.items()])
+    hc = direction_check(table, 1, ["H"], rows=rows).set_index("pair").loc["CoOp+GRAM − CoOp"]
+    assert hc["unit_mean"] == pytest.approx(per_unit.mean())
+    assert (hc["ci_low"] + hc["ci_high"]) / 2 == pytest.approx(per_unit.mean())
+    assert abs(hc["ours"] - hc["unit_mean"]) > 1e-4
+    assert f"around the units' mean {per_unit.mean():+.2f}" in describe_check(
+        direction_check(table, 1, ["H"], rows=rows).assign(ours=per_unit.mean() + 0.5))
     no_rows = direction_check(table, 1, ["new"])
     assert no_rows.iloc[0]["verdict"].startswith("sign only") and "not a test" in describe_check(no_rows)
 

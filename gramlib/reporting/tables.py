@@ -240,8 +240,11 @@ def paper_reference_markdown(table_number: int) -> str:
 # ------------------------------------------------------------------------------------------------
 # what the notebooks write: reports/tables/table<N>_<slug>.{csv,md,provenance.json}
 
-CHECK_COLUMNS = ["pair", "paper_pair", "metric", "ours", "paper", "same_direction", "ci_low", "ci_high", "p_value",
-                 "n_units", "se_units", "se_test_draw", "verdict"]
+# ours: b - a in the table (for H, the harmonic means of the averaged base and new); unit_mean: the mean of the
+# per-unit differences, around which the interval is drawn (the same as ours for base, new and transfer
+# accuracies over balanced units; for H the mean of per-unit H differences, which can differ by a little)
+CHECK_COLUMNS = ["pair", "paper_pair", "metric", "ours", "unit_mean", "paper", "same_direction", "ci_low", "ci_high",
+                 "p_value", "n_units", "se_units", "se_test_draw", "verdict"]
 # the paper's pairs "method -> method + GRAM" whose difference is its claim
 GRAM_PAIRS = (("CoOp", "CoOp+GRAM"), ("VPT", "VPT+GRAM"))
 
@@ -308,21 +311,22 @@ def paired_test_draw(folds: pd.DataFrame, a: str, b: str, metric: str, units: pd
 def paired_difference(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str, metric: str,
                       dataset: str = "Average", average_excludes: Sequence[str] = (),
                       level: float = 0.95) -> dict[str, float]:
-    """The mean paired difference b − a over the (dataset, seed) units both ran, its ``level`` interval
+    """The mean paired difference b − a over the (dataset, seed) units both ran (``unit_mean``), its ``level`` interval
     counting the units' spread (n - 1 df) and the draw of test images (:func:`paired_test_draw`; the units'
     alone where there are no folds), and a sign-flip permutation p-value over the units."""
     from gramlib.stats import paired_permutation_p
 
     u = paired_units(scores, a, b, metric, dataset, average_excludes)
     if not len(u):
-        return {"ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0, "se_units": np.nan,
-                "se_test_draw": np.nan}
+        return {"unit_mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0,
+                "se_units": np.nan, "se_test_draw": np.nan}
     d = u[b] - u[a]
     units_part = mean_variance(d)
     test = paired_test_draw(folds, a, b, metric, u.index)
     var, df = with_test_draw(units_part, test)
     lo, hi = t_interval(float(d.mean()), var, df, level)
-    return {"ci_low": lo, "ci_high": hi, "p_value": paired_permutation_p(u[a], u[b]), "n_units": int(len(u)),
+    return {"unit_mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_value": paired_permutation_p(u[a], u[b]),
+            "n_units": int(len(u)),
             "se_units": float(np.sqrt(units_part[0])), "se_test_draw": float(np.sqrt(test[0]))}
 
 
@@ -363,7 +367,8 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
                 continue
             p = float(theirs.get(f"{pb} − {pa}", np.nan))
             row = {"pair": pair, "paper_pair": f"{pb} − {pa}", "metric": metric, "ours": float(mine[pair]),
-                   "paper": p, "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None,
+                   "unit_mean": np.nan, "paper": p,
+                   "same_direction": bool(np.sign(mine[pair]) == np.sign(p)) if np.isfinite(p) else None,
                    "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0,
                    "se_units": np.nan, "se_test_draw": np.nan, "verdict": "sign only (no unit rows)"}
             if scores is not None:
@@ -416,7 +421,10 @@ def describe_check(check: pd.DataFrame) -> str:
         if np.isfinite(r.ci_low):
             test = (" and the draw of test images" if "se_test_draw" in check.columns and np.isfinite(r.se_test_draw)
                     else "")
-            out.append(f"- {r.pair}{where}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}] over "
+            centre = getattr(r, "unit_mean", np.nan)
+            around = (f" around the units' mean {centre:+.2f}" if np.isfinite(centre) and abs(centre - r.ours) >= 0.005
+                      else "")
+            out.append(f"- {r.pair}{where}, {r.metric}: ours {r.ours:+.2f} (95 % CI [{r.ci_low:+.2f}, {r.ci_high:+.2f}]{around} over "
                        f"{r.n_units} dataset×seed units{test}, paired permutation p over the units = {r.p_value:.3g}), "
                        f"paper {r.paper:+.2f} → **{r.verdict}**.")
         else:
