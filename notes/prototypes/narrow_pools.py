@@ -18,21 +18,17 @@ Usage (repo root, venv on PATH):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import sys
-import zlib
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 import gramlib.world.build as build
 from gramlib.config import get_profile, load_params
 from gramlib.experiments.world_probe import probe_config, run_probe
-from gramlib.io import atomic_path
 from gramlib.world.build import world_spec
-from gramlib.world.render import render
 from unseen_styles import scratch_world
 
 MIXED = ("mini_shapes_sketch_blueprint", "mini_shapes_photo_stipple")
@@ -41,30 +37,27 @@ KEYS = ("zs_base", "zs_new", "coop10_base", "coop10_new", "coop10_train", "coop5
 BIAS = 0.5
 
 
+ORIGINAL = build._coop_chunk
+
+
 def narrow_coop_chunk(args: tuple) -> list[tuple[str, str, int, str]]:
-    """build._coop_chunk with the training pool's rendering tied to the label (bias), else as committed."""
+    """build._coop_chunk, with each training job of a mixed target drawn under its label's biased style weights.
+
+    The committed function draws a job's style as rng.choice(len(styles), p=weights) from the dataset spec; handing it,
+    per label, a spec whose weights favour rendering label mod 2 changes that draw and nothing else."""
     spec, cfg, ds_name, jobs, image_dir = args
     ds = spec.datasets[ds_name]
-    styles, weights = zip(*ds.styles.items())
-    p = np.asarray(weights) / np.sum(weights)
-    out = []
-    for concept, label, split, j in jobs:
-        rng = np.random.default_rng([cfg.seed, build.COOP, zlib.crc32(ds_name.encode()), label,
-                                     build.SPLITS.index(split), j])
-        q = p
-        if split == "train" and ds_name in MIXED and len(styles) == 2:
-            q = np.full(2, 1.0 - BIAS)
-            q[label % 2] = BIAS
-        style = styles[int(rng.choice(len(styles), p=q))]
-        distractors = tuple(n for n in spec.concepts if n != concept)
-        img, _ = render(concept, style, rng, cfg.image_size, ds.render, distractors=distractors)
-        rel = f"{concept}/{split}_{j:04d}.jpg"
-        path = Path(image_dir) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Image.fromarray(img).save(tmp, format="JPEG", quality=95)
-        out.append((split, rel, label, style))
-    return out
+    if ds_name not in MIXED or len(ds.styles) != 2:
+        return ORIGINAL(args)
+    rows = ORIGINAL((spec, cfg, ds_name, [j for j in jobs if j[2] != "train"], image_dir))
+    styles = list(ds.styles)
+    for label in sorted({j[1] for j in jobs if j[2] == "train"}):
+        weights = {s: (BIAS if i == label % 2 else 1.0 - BIAS) for i, s in enumerate(styles)}
+        biased = dataclasses.replace(spec, datasets={**spec.datasets,
+                                                     ds_name: dataclasses.replace(ds, styles=weights)})
+        rows += ORIGINAL((biased, cfg, ds_name, [j for j in jobs if j[2] == "train" and j[1] == label], image_dir))
+    by_path = {r[1]: r for r in rows}  # back in the jobs' order, as the committed function returns them
+    return [by_path[f"{concept}/{split}_{j:04d}.jpg"] for concept, _, split, j in jobs]
 
 
 def main(scratch: str, bias: str = "0.875", seeds: str = "5,6,7,8") -> None:
