@@ -35,7 +35,7 @@ def _by_hand(s2: float, n_units: int, var_t: float, df_t: float) -> float:
 
 def test_errors_are_the_tables_ingredients():
     e = paired_errors(ONE, "CoOp", "CoOp+GRAM", "new")
-    assert e["ours"] == pytest.approx(3.5)
+    assert e["mean_difference"] == pytest.approx(3.5)
     assert e["unit_variance"] == pytest.approx(0.5)
     assert (e["n_units"], e["n_datasets"], e["n_seeds"]) == (2, 1, 2)
     assert e["test_part"] == pytest.approx((0.025, 4.0))

@@ -83,7 +83,7 @@ def paired_errors(rows: pd.DataFrame, a: str, b: str, metric: str, dataset: str 
     d = (u[b] - u[a]) if len(u) else pd.Series(dtype=float)
     var_mean, _ = mean_variance(d)
     n_datasets = int(u.index.get_level_values(0).nunique()) if len(u) else 0
-    return {"ours": float(d.mean()) if len(d) else math.nan,
+    return {"mean_difference": float(d.mean()) if len(d) else math.nan,
             "unit_variance": var_mean * len(d) if len(d) > 1 else math.nan,
             "n_units": int(len(d)), "n_datasets": n_datasets,
             "n_seeds": len(d) / n_datasets if n_datasets else math.nan,
@@ -104,8 +104,9 @@ def resolution_plan(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric
             var, df = with_test_draw((e["unit_variance"] / e["n_units"], e["n_units"] - 1.0), e["test_part"])
             now = _t(df, level) * math.sqrt(var)  # the tables' own half-width (paired_difference)
             for scale in test_scales:
-                out.append({"pair": f"{b} − {a}", "metric": metric, "mean_difference": e["ours"], "n_datasets": e["n_datasets"],
-                            "n_seeds": e["n_seeds"], "half_width": now, "target": target, "test_scale": scale,
+                out.append({"pair": f"{b} − {a}", "metric": metric, "mean_difference": e["mean_difference"],
+                            "n_datasets": e["n_datasets"], "n_seeds": e["n_seeds"], "half_width": now,
+                            "target": target, "test_scale": scale,
                             "seeds_needed": seeds_for_half_width(target, e["unit_variance"], e["n_datasets"],
                                                                  e["test_part"], scale, level),
                             "floor": floor_of_test_draw(e["test_part"], scale, level)})
