@@ -21,17 +21,16 @@ from typing import Sequence
 
 import pandas as pd
 
-from gramlib.reporting.tables import fold_scores, paired_test_draw, paired_units, transfer_unit_scores, unit_scores
-from gramlib.test_draw import combine, mean_variance, with_test_draw
+from gramlib.reporting.tables import check_inputs, paired_parts
+from gramlib.test_draw import t_interval, with_test_draw
 
 PLAN_COLUMNS = ["pair", "metric", "mean_difference", "n_datasets", "n_seeds", "half_width", "target", "test_scale",
                 "seeds_needed", "floor"]
 
 
-def _t(df: float, level: float) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.5 + level / 2, df))
+def _half_width(part: tuple[float, float], level: float) -> float:
+    """t_df · sqrt(variance) of a (variance, df) part: :func:`gramlib.test_draw.t_interval` around 0."""
+    return t_interval(0.0, part[0], part[1], level)[1]
 
 
 def projected_half_width(unit_variance: float, n_datasets: int, seeds: int, test_part: tuple[float, float],
@@ -45,8 +44,7 @@ def projected_half_width(unit_variance: float, n_datasets: int, seeds: int, test
         return math.nan
     units = (unit_variance / n, float(n - 1))
     var_t, df_t = test_part
-    var, df = combine([units, (var_t / test_scale, df_t)]) if not math.isnan(var_t) else units
-    return _t(df, level) * math.sqrt(var) if var > 0 else 0.0
+    return _half_width(with_test_draw(units, (var_t / test_scale, df_t)), level)
 
 
 def floor_of_test_draw(test_part: tuple[float, float], test_scale: float = 1.0, level: float = 0.95) -> float:
@@ -54,9 +52,7 @@ def floor_of_test_draw(test_part: tuple[float, float], test_scale: float = 1.0, 
     bound at finite seeds: the Welch-Satterthwaite df of the two parts can exceed the test draw's own, so a
     finite count can print an interval a little narrower (never below z · its standard error)."""
     var_t, df_t = test_part
-    if math.isnan(var_t):
-        return 0.0
-    return _t(df_t, level) * math.sqrt(var_t / test_scale) if var_t > 0 else 0.0
+    return 0.0 if math.isnan(var_t) else _half_width((var_t / test_scale, df_t), level)
 
 
 def seeds_for_half_width(target: float, unit_variance: float, n_datasets: int, test_part: tuple[float, float],
@@ -76,18 +72,13 @@ def paired_errors(rows: pd.DataFrame, a: str, b: str, metric: str, dataset: str 
                   average_excludes: Sequence[str] = ()) -> dict:
     """The ingredients of the paired check b - a: mean difference, the per-unit variance (ddof 1), the number
     of datasets and of seeds per dataset, and the test draw's (variance, df), exactly as the tables take them."""
-    transfer = metric not in ("base", "new", "H")
-    scores = transfer_unit_scores(rows, metric) if transfer else unit_scores(rows)
-    folds = fold_scores(rows if transfer else rows[rows["protocol"] == "base2new"])
-    u = paired_units(scores, a, b, metric, dataset, average_excludes)
-    d = (u[b] - u[a]) if len(u) else pd.Series(dtype=float)
-    var_mean, _ = mean_variance(d)
+    scores, folds = check_inputs(rows, metric)
+    u, d, (var_mean, _), test = paired_parts(scores, folds, a, b, metric, dataset, average_excludes)
     n_datasets = int(u.index.get_level_values(0).nunique()) if len(u) else 0
     return {"mean_difference": float(d.mean()) if len(d) else math.nan,
             "unit_variance": var_mean * len(d) if len(d) > 1 else math.nan,
             "n_units": int(len(d)), "n_datasets": n_datasets,
-            "n_seeds": len(d) / n_datasets if n_datasets else math.nan,
-            "test_part": paired_test_draw(folds, a, b, metric, u.index) if len(u) else (math.nan, math.nan)}
+            "n_seeds": len(d) / n_datasets if n_datasets else math.nan, "test_part": test}
 
 
 def resolution_plan(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], metrics: Sequence[str],
@@ -101,8 +92,9 @@ def resolution_plan(rows: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric
             e = paired_errors(rows, a, b, metric, dataset, average_excludes)
             if e["n_units"] < 2:
                 continue
-            var, df = with_test_draw((e["unit_variance"] / e["n_units"], e["n_units"] - 1.0), e["test_part"])
-            now = _t(df, level) * math.sqrt(var)  # the tables' own half-width (paired_difference)
+            # the tables' own half-width (paired_difference)
+            now = _half_width(with_test_draw((e["unit_variance"] / e["n_units"], e["n_units"] - 1.0), e["test_part"]),
+                              level)
             for scale in test_scales:
                 out.append({"pair": f"{b} − {a}", "metric": metric, "mean_difference": e["mean_difference"],
                             "n_datasets": e["n_datasets"], "n_seeds": e["n_seeds"], "half_width": now,

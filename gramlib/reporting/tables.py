@@ -308,6 +308,25 @@ def paired_test_draw(folds: pd.DataFrame, a: str, b: str, metric: str, units: pd
     return average_fold_variance(per.to_numpy())
 
 
+def check_inputs(rows: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(unit scores, fold scores) a paired check of ``metric`` reads from result rows: base-to-new units and folds
+    for base/new/H, one transfer view's otherwise."""
+    if metric in ("base", "new", "H"):
+        return unit_scores(rows), fold_scores(rows[rows["protocol"] == "base2new"])
+    return transfer_unit_scores(rows, metric), fold_scores(rows)
+
+
+def paired_parts(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str, metric: str, dataset: str = "Average",
+                 average_excludes: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.Series, tuple[float, float],
+                                                                tuple[float, float]]:
+    """The units both ran, their differences b − a, and the two errors of the differences' mean: the units'
+    (variance, df) and the test draw's (:func:`paired_test_draw`; NaN without folds or units)."""
+    u = paired_units(scores, a, b, metric, dataset, average_excludes)
+    d = (u[b] - u[a]) if len(u) else pd.Series(dtype=float)
+    test = paired_test_draw(folds, a, b, metric, u.index) if len(u) else NAN_PART
+    return u, d, mean_variance(d), test
+
+
 def paired_difference(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str, metric: str,
                       dataset: str = "Average", average_excludes: Sequence[str] = (),
                       level: float = 0.95) -> dict[str, float]:
@@ -316,13 +335,10 @@ def paired_difference(scores: pd.DataFrame, folds: pd.DataFrame, a: str, b: str,
     alone where there are no folds), and a sign-flip permutation p-value over the units."""
     from gramlib.stats import paired_permutation_p
 
-    u = paired_units(scores, a, b, metric, dataset, average_excludes)
+    u, d, units_part, test = paired_parts(scores, folds, a, b, metric, dataset, average_excludes)
     if not len(u):
         return {"unit_mean": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_units": 0,
                 "se_units": np.nan, "se_test_draw": np.nan}
-    d = u[b] - u[a]
-    units_part = mean_variance(d)
-    test = paired_test_draw(folds, a, b, metric, u.index)
     var, df = with_test_draw(units_part, test)
     lo, hi = t_interval(float(d.mean()), var, df, level)
     return {"unit_mean": float(d.mean()), "ci_low": lo, "ci_high": hi, "p_value": paired_permutation_p(u[a], u[b]),
@@ -354,10 +370,7 @@ def direction_check(ours: pd.DataFrame, table_number: int, metrics: list[str], d
     ref = paper_table(table_number).rename(columns={"value": "mean"})
     out = []
     for metric in metrics:
-        scores = None if rows is None else (unit_scores(rows) if metric in ("base", "new", "H")
-                                            else transfer_unit_scores(rows, metric))
-        folds = None if rows is None else fold_scores(rows if metric not in ("base", "new", "H")
-                                                      else rows[rows["protocol"] == "base2new"])
+        scores, folds = (None, None) if rows is None else check_inputs(rows, metric)
         mine = gram_deltas(ours, metric, dataset, pairs).set_index("pair")["delta"]
         mapped = tuple((names.get(a, a), names.get(b, b)) for a, b in pairs)
         theirs = gram_deltas(ref, metric, paper_dataset, mapped).set_index("pair")["delta"].to_dict()
