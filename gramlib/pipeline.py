@@ -141,7 +141,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("figure1a_nb", "20_figure1a_init_spread.ipynb", (f"{SUITE}/init_spread.csv",), ("suite@init_spread",),
              _figure_outs("figure1a_init_spread")),
     Notebook("figure1b_nb", "21_figure1b_overfitting.ipynb", (f"{SUITE}/overfit.csv", f"{ART}/backbone", f"{DATA}/coop"),
-             ("suite@overfit",), _figure_outs("figure1b_overfitting", "figure1b_fit_room") + _table_outs("table_figure1b_fit_room")),
+             ("suite@overfit",), _figure_outs("figure1b_overfitting", "figure1b_per_dataset", "figure1b_fit_room") + _table_outs("table_figure1b_fit_room")),
     Notebook("figure3a_nb", "22_figure3a_accuracy_per_epoch.ipynb", (f"{SUITE}/base2new.csv",), ("suite@base2new",),
              _figure_outs("figure3a_accuracy_per_epoch")),
     Notebook("figure3b_nb", "23_figure3b_gradient_alignment.ipynb",

@@ -30,7 +30,7 @@ FIGURES = ["figure1a_init_spread", "figure1b_overfitting", "figure3a_accuracy_pe
            "figure3b_gradient_alignment"]
 # beyond the paper's: RESTORE (issue 7), Table 1's CoOp+GRAM over three meta-training runs, Figure 1b's fitting side
 OWN_TABLES = ["table_restore_base_to_new", "table_restore_ablations", "table1_meta_seeds", "table_figure1b_fit_room"]
-OWN_FIGURES = ["figure_feature_shift_discrepancy", "figure_feature_shift_layers", "figure1b_fit_room"]
+OWN_FIGURES = ["figure_feature_shift_discrepancy", "figure_feature_shift_layers", "figure1b_fit_room", "figure1b_per_dataset"]
 
 
 def _tree_files(repo: Path) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 
 from gramlib.compute import LOCAL
 from gramlib.config import load_params
-from gramlib.reporting.figures import epoch_curves, fit_room, grad_alignment, init_spread
+from gramlib.reporting.figures import dataset_curves, epoch_curves, fit_room, grad_alignment, init_spread, turning_points
 from gramlib.reporting.index import build_index
 from gramlib.experiments.protocols import label_transfer
 from gramlib.experiments.suite import (Experiment, MethodSpec, Unit, in_unit_order, run_experiment,
@@ -375,6 +375,28 @@ def test_epoch_curves_and_init_spread_by_hand():
     # last epoch, seed 1: base (52+72)/2 = 62, new 52, H = 2*62*52/114
     assert s.loc[1, "base"] == pytest.approx(62.0) and s.loc[1, "new"] == pytest.approx(52.0)
     assert s.loc[1, "H"] == pytest.approx(2 * 62 * 52 / 114)
+
+
+def test_dataset_curves_and_turning_points_by_hand():
+    new = {"a": {1: [50, 40, 42, 45], 2: [52, 42, 44, 47]},  # seed means 51, 41, 43, 46: falls, partly recovers
+           "b": {1: [60, 62, 64, 66], 2: [60, 62, 64, 66]},  # rises
+           "c": {1: [30, 30, 30, 30], 2: [30, 30, 30, 30]}}  # flat: ties go to the first epoch
+    rows = [{"protocol": "base2new", "method": "M", "dataset": d, "seed": seed, "epoch": e + 1, "split": "new",
+             "accuracy": float(acc)} for d, by_seed in new.items() for seed, accs in by_seed.items()
+            for e, acc in enumerate(accs)]
+    rows += [{"protocol": "base2new", "method": "M", "dataset": "a", "seed": 1, "epoch": 1, "split": "base", "accuracy": 0.0},
+             {"protocol": "base2new", "method": "M", "dataset": "a", "seed": 1, "epoch": 0, "split": "new", "accuracy": 0.0},
+             {"protocol": "cross_dataset", "method": "M", "dataset": "a", "seed": 1, "epoch": 2, "split": "new", "accuracy": 0.0}]
+    curves = dataset_curves(pd.DataFrame(rows))
+    assert curves[curves["dataset"] == "a"].sort_values("epoch")["mean"].tolist() == [51.0, 41.0, 43.0, 46.0]
+    t = turning_points(curves, ["method", "dataset"]).set_index("dataset")
+    assert t.loc["a", ["first", "highest", "highest_epoch", "lowest", "lowest_epoch", "final"]].tolist() == [51, 51, 1, 41, 2, 46]
+    assert t.loc["a", "fall_from_highest"] == 5 and t.loc["a", "back_from_lowest"] == 5
+    assert t.loc["b", ["highest_epoch", "lowest_epoch", "fall_from_highest", "back_from_lowest"]].tolist() == [4, 1, 0, 6]
+    assert t.loc["c", ["highest_epoch", "lowest_epoch"]].tolist() == [1, 1]
+    # by method alone, on epoch_curves' dataset means (47, 133/3, 137/3, 142/3): the average's own turning points
+    avg = turning_points(epoch_curves(pd.DataFrame(rows))[lambda c: c["split"] == "new"], ["method"]).iloc[0]
+    assert (avg["lowest"], avg["lowest_epoch"], avg["final"]) == (pytest.approx(133 / 3), 2, pytest.approx(142 / 3))
 
 
 def test_grad_alignment_smooths_each_run():

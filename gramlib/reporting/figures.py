@@ -32,6 +32,37 @@ def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd
     return out.rename(columns={"count": "n_seeds"})
 
 
+def dataset_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None, split: str = "new") -> pd.DataFrame:
+    """Accuracy per (method, dataset, epoch), mean over seeds: the curves :func:`epoch_curves` averages.
+
+    A dataset average can fall and recover where no dataset does, or hide a fall on some datasets under a rise
+    on others; Figure 1b's reading needs the datasets one by one.
+    """
+    r = rows[(rows["protocol"] == "base2new") & (rows["split"] == split) & (rows["epoch"] > 0)]
+    if methods is not None:
+        r = r[r["method"].isin(methods)]
+    return r.groupby(["method", "dataset", "epoch"])["accuracy"].mean().rename("mean").reset_index()
+
+
+def turning_points(curves: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per curve (``curves``' rows grouped by ``by``, columns epoch and mean): its first and final accuracy, its
+    highest and lowest and at which epoch (the first such on ties), and how far the final epoch is from each.
+
+    A fall that later epochs partly win back is not a steady decline, and the two ends alone cannot tell them apart.
+    """
+    out = []
+    for key, c in curves.sort_values("epoch").groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        hi, lo = c.loc[c["mean"].idxmax()], c.loc[c["mean"].idxmin()]
+        out.append({**dict(zip(by, key)), "first": float(c["mean"].iloc[0]),
+                    "highest": float(hi["mean"]), "highest_epoch": int(hi["epoch"]),
+                    "lowest": float(lo["mean"]), "lowest_epoch": int(lo["epoch"]), "final": float(c["mean"].iloc[-1])})
+    t = pd.DataFrame(out)
+    t["fall_from_highest"] = t["highest"] - t["final"]
+    t["back_from_lowest"] = t["final"] - t["lowest"]
+    return t
+
+
 def init_spread(rows: pd.DataFrame) -> pd.DataFrame:
     """Per initialisation (method label): dataset-averaged base, new and H at the last epoch."""
     r = final_epoch(rows[rows["protocol"] == "base2new"])
@@ -59,6 +90,25 @@ def plot_curves(curves: pd.DataFrame, methods: Sequence[str], splits: Sequence[s
                 ax.fill_between(c["epoch"], c["mean"] - c["std"].fillna(0), c["mean"] + c["std"].fillna(0),
                                 alpha=0.15, color=ax.lines[-1].get_color())
         _epoch_axis(ax, f"{split}-class accuracy (%)", f"{split} classes")
+    return _finish(fig, title)
+
+
+def plot_dataset_curves(curves: pd.DataFrame, methods: Sequence[str], split: str = "new", title: str = ""):
+    """One panel per dataset: each method's accuracy per epoch (:func:`dataset_curves`, mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(curves["dataset"].unique())
+    ncols = min(4, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False)
+    for ax, d in zip(axes.flat, datasets):
+        for m in methods:
+            c = curves[(curves["method"] == m) & (curves["dataset"] == d)].sort_values("epoch")
+            if not c.empty:
+                ax.plot(c["epoch"], c["mean"], "-" if "GRAM" in m else "--", marker="o", ms=2, label=m)
+        _epoch_axis(ax, f"{split}-class accuracy (%)", d)
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
     return _finish(fig, title)
 
 
