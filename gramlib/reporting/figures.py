@@ -20,10 +20,7 @@ def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd
     Figures 1b and 3a average the per-dataset accuracies of each epoch, as the paper's "averaged
     few-shot performance per epoch". Only epochs evaluated for every dataset of a run count.
     """
-    r = rows[rows["protocol"] == "base2new"]
-    if methods is not None:
-        r = r[r["method"].isin(methods)]
-    r = r[r["epoch"] > 0]
+    r = _trained_epochs(rows, methods)
     n_ds = r.groupby(["method", "seed"])["dataset"].nunique().rename("n_ds")
     per = r.groupby(["method", "split", "epoch", "seed"]).agg(acc=("accuracy", "mean"), n=("dataset", "nunique"))
     per = per.reset_index().join(n_ds, on=["method", "seed"])
@@ -32,16 +29,21 @@ def epoch_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None) -> pd
     return out.rename(columns={"count": "n_seeds"})
 
 
+def _trained_epochs(rows: pd.DataFrame, methods: Sequence[str] | None) -> pd.DataFrame:
+    """The base-to-new rows of evaluated training epochs (epoch 0 is the untrained prompt), of ``methods``."""
+    r = rows[(rows["protocol"] == "base2new") & (rows["epoch"] > 0)]
+    return r if methods is None else r[r["method"].isin(methods)]
+
+
 def dataset_curves(rows: pd.DataFrame, methods: Sequence[str] | None = None, split: str = "new") -> pd.DataFrame:
-    """Accuracy per (method, dataset, epoch), mean over seeds: the curves :func:`epoch_curves` averages.
+    """Accuracy per (method, split, dataset, epoch), mean over seeds: the curves :func:`epoch_curves` averages.
 
     A dataset average can fall and recover where no dataset does, or hide a fall on some datasets under a rise
     on others; Figure 1b's reading needs the datasets one by one.
     """
-    r = rows[(rows["protocol"] == "base2new") & (rows["split"] == split) & (rows["epoch"] > 0)]
-    if methods is not None:
-        r = r[r["method"].isin(methods)]
-    return r.groupby(["method", "dataset", "epoch"])["accuracy"].mean().rename("mean").reset_index()
+    r = _trained_epochs(rows, methods)
+    r = r[r["split"] == split]
+    return r.groupby(["method", "split", "dataset", "epoch"])["accuracy"].mean().rename("mean").reset_index()
 
 
 def turning_points(curves: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
@@ -51,8 +53,7 @@ def turning_points(curves: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     A fall that later epochs partly win back is not a steady decline, and the two ends alone cannot tell them apart.
     """
     out = []
-    for key, c in curves.sort_values("epoch").groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
+    for key, c in curves.sort_values("epoch").groupby(list(by), sort=True):  # a list of keys: key is a tuple
         hi, lo = c.loc[c["mean"].idxmax()], c.loc[c["mean"].idxmin()]
         out.append({**dict(zip(by, key)), "first": float(c["mean"].iloc[0]),
                     "highest": float(hi["mean"]), "highest_epoch": int(hi["epoch"]),
@@ -93,7 +94,7 @@ def plot_curves(curves: pd.DataFrame, methods: Sequence[str], splits: Sequence[s
     return _finish(fig, title)
 
 
-def plot_dataset_curves(curves: pd.DataFrame, methods: Sequence[str], split: str = "new", title: str = ""):
+def plot_dataset_curves(curves: pd.DataFrame, methods: Sequence[str], title: str = ""):
     """One panel per dataset: each method's accuracy per epoch (:func:`dataset_curves`, mean over seeds)."""
     import matplotlib.pyplot as plt
 
@@ -106,7 +107,7 @@ def plot_dataset_curves(curves: pd.DataFrame, methods: Sequence[str], split: str
             c = curves[(curves["method"] == m) & (curves["dataset"] == d)].sort_values("epoch")
             if not c.empty:
                 ax.plot(c["epoch"], c["mean"], "-" if "GRAM" in m else "--", marker="o", ms=2, label=m)
-        _epoch_axis(ax, f"{split}-class accuracy (%)", d)
+        _epoch_axis(ax, f"{curves['split'].iloc[0]}-class accuracy (%)", d)
     for ax in axes.flat[len(datasets):]:
         ax.set_visible(False)
     return _finish(fig, title)

@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+
+from gramlib.stats import mean_interval
 
 HERE = Path(__file__).parent
 SRC = HERE / "world_probe_seeds1-12_101-104_cli_2026-12-06.json"
@@ -31,9 +32,8 @@ def main() -> pd.DataFrame:
     for dataset, u in units.groupby("dataset"):
         row = {"dataset": dataset, "n_seeds": len(u)}
         for name, (value, _) in BARS.items():
-            v = value(u)
-            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5
-            row.update({name: v.mean(), f"{name}_low": v.mean() - half, f"{name}_high": v.mean() + half})
+            mean, low, high = mean_interval(value(u))
+            row.update({name: mean, f"{name}_low": low, f"{name}_high": high})
         # the paper's direction, resolved: the whole interval on the paper's side of zero
         row["paper_directions"] = sum(row[f"{name}_low"] > 0 for name in BARS)
         rows.append(row)
